@@ -1,0 +1,1 @@
+"""Actors: one per firmware module, each with a bounded mailbox."""

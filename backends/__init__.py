@@ -1,0 +1,1 @@
+"""Cloud backends: the cloud wrapper API and the clients that implement it."""

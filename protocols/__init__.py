@@ -1,0 +1,1 @@
+"""Typed, frozen messages exchanged between actors, and the payload codecs."""

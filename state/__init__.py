@@ -1,0 +1,1 @@
+"""Persistent state of the device: configuration, FOTA status, unsent data."""

@@ -1,0 +1,1 @@
+"""The service entry point: configuration, logging, supervision and the CLI."""
