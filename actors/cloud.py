@@ -442,7 +442,6 @@ class CloudActor(Actor):
         try:
             self.qos.add(message_type, flags, payload)
         except QosPoolFull as exc:
-            self.counters["qos_pool_full"] += 1
             self.log.warning("qos_pool_full", type=message_type.name, detail=str(exc))
 
     def _on_qos_removed(self, message: QosMessage, why: str) -> None:
@@ -477,7 +476,7 @@ class CloudActor(Actor):
         # The firmware ignores sends while the cloud is down (and leaks their
         # buffers); the data actor keeps its samples until they are sent.
         self.counters["sends_dropped_offline"] += 1
-        self.log.info("send_dropped_offline", event=message.spec_name)
+        self.log.info("send_dropped_offline", dropped=message.spec_name)
 
     # -- assistance --------------------------------------------------------
 
@@ -559,7 +558,7 @@ class CloudActor(Actor):
             case wrap.WrapperFotaError():
                 self.emit(CloudFotaError())
             case wrap.WrapperFotaErasePending() | wrap.WrapperFotaEraseDone():
-                self.log.info("fota_erase", event=event.spec_name)
+                self.log.info("fota_erase", step=event.spec_name)
             case wrap.WrapperDataAck(message_id=message_id):
                 if not self.qos.remove(message_id):
                     self.log.debug("ack_unknown_id", id=message_id)
