@@ -42,7 +42,7 @@ import trio
 from actors.timer import TimerGroup
 from protocols.base import ErrorBase, Event, Module
 
-log = structlog.get_logger()
+
 
 _module_ids = itertools.count(1)
 
@@ -199,7 +199,7 @@ class Actor:
 
     def __attrs_post_init__(self) -> None:
         self.mailbox = Mailbox(self.capacity)
-        self.log = structlog.get_logger().bind(actor=self.name)
+        self.log = structlog.get_logger(actor=self.name)
         self.bus.subscribe(self, self.routes)
 
     # -- producers' side -------------------------------------------------

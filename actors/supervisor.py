@@ -27,7 +27,8 @@ import attrs
 import structlog
 import trio
 
-log = structlog.get_logger().bind(actor="supervisor")
+# Lazy: it follows whatever logging set-up is in force when it logs.
+log = structlog.get_logger(actor="supervisor")
 
 
 class Supervised(Protocol):

@@ -136,7 +136,10 @@ class UtilActor(Actor):
         )
         if not self.awaiting_ack and self.request is not None:
             self.request = attrs.evolve(self.request, acknowledged=True)
-            self.reboot.reschedule(self.ack_reboot_delay)
+            # The firmware waits 5 s so its logs reach the console before
+            # the reset; a host stop has nothing to wait for.
+            stopping = self.request.reason is ShutdownReason.SERVICE_STOP
+            self.reboot.reschedule(0.0 if stopping else self.ack_reboot_delay)
 
     def _on_reboot_timer(self) -> None:
         if self.request is None:

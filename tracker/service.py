@@ -1,0 +1,252 @@
+"""The service: one actor tree per boot, rebooted in order, stopped on request.
+
+A *boot* builds a fresh tree (bus, backend, util, cloud, modem and app
+actors) and runs it under a ``Supervisor`` until the util actor decides to
+reboot, or the supervisor gives up on a crashing actor.  The service then
+stops the tree child by child and, unless the reason was a stop of the
+service, boots a new one: the host's equivalent of the firmware's warm
+reboot.  Reboots are counted and their reasons kept, so the next boot (and
+an operator) can see why the device restarted.
+
+Exit status of ``Service.run``: see ``ExitCode``.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import signal
+from collections.abc import Callable
+
+import attrs
+import structlog
+import trio
+
+from actors.app import AppActor
+from actors.backoff import ReconnectBackoff
+from actors.cloud import CloudActor
+from actors.modem import ModemActor, SimulatedModem
+from actors.runtime import Actor, ActorSnapshot, Bus
+from actors.supervisor import RestartLimitExceeded, Supervisor
+from actors.util import Reboot, UtilActor
+from backends.base import CloudBackend
+from backends.scripted import Connect, Refuse, ScriptedBackend
+from protocols.app import ShutdownReason
+from tracker.config import Config
+
+# Lazy: it follows whatever logging set-up is in force when it logs.
+log = structlog.get_logger(actor="service")
+
+
+class ExitCode(enum.IntEnum):
+    """What ``tracker run`` exits with."""
+
+    OK = 0  # stopped by SIGINT or SIGTERM through the shutdown protocol
+    ERROR = 1  # an unexpected error outside any actor
+    CONFIG = 2  # the configuration file is invalid or names a missing cloud
+    REBOOT_LIMIT = 3  # more reboots than --max-reboots allowed
+    FORCED = 130  # a second signal cut the shutdown short
+
+
+class UnsupportedCloud(Exception):
+    """The configuration selects a cloud this build cannot connect to."""
+
+
+def make_backend(config: Config) -> CloudBackend:
+    """The backend for ``cloud.service``.
+
+    Raises:
+      UnsupportedCloud: the service has no backend here yet.
+    """
+    if config.cloud.service == "simulated":
+        simulated = config.cloud.simulated
+        return ScriptedBackend(
+            [Refuse(after=simulated.connect_delay)] * simulated.refuse_attempts,
+            default=Connect(after=simulated.connect_delay),
+            ack_delay=simulated.ack_delay,
+        )
+    raise UnsupportedCloud(
+        f"cloud.service = {config.cloud.service!r}: no backend for this cloud "
+        "in this build yet; use \"simulated\""
+    )
+
+
+@attrs.define(eq=False)
+class Device:
+    """One boot's actor tree."""
+
+    bus: Bus
+    backend: CloudBackend
+    util: UtilActor
+    cloud: CloudActor
+    modem: ModemActor
+    app: AppActor
+    supervisor: Supervisor
+
+    @property
+    def actors(self) -> list[Actor]:
+        """The module actors, in start order."""
+        return [self.util, self.cloud, self.modem, self.app]
+
+    def snapshot(self) -> list[ActorSnapshot]:
+        """Every actor's snapshot, in start order."""
+        return [actor.snapshot() for actor in self.actors]
+
+
+def build_device(
+    config: Config,
+    on_reboot: Callable[[Reboot], None],
+    *,
+    backend: CloudBackend | None = None,
+) -> Device:
+    """Wire a fresh tree from ``config``; nothing runs until it is supervised."""
+    bus = Bus()
+    backend = backend if backend is not None else make_backend(config)
+    util = UtilActor(
+        bus,
+        on_reboot=on_reboot,
+        reboot_timeout=config.util.reboot_timeout,
+        ack_reboot_delay=config.util.ack_reboot_delay,
+    )
+    modem = ModemActor(
+        bus,
+        driver=SimulatedModem(config.device.imei),
+        attach_delay=config.modem.attach_delay,
+        outages=[(outage.at, outage.duration) for outage in config.modem.outages],
+    )
+    cloud = CloudActor(
+        bus,
+        backend=backend,
+        backoff=ReconnectBackoff(
+            config.cloud.backoff_table, config.cloud.connect_retries
+        ),
+        network_info=modem.current_network,
+        agnss_sink=functools.partial(modem.receive_assistance, "agnss"),
+        pgps_sink=functools.partial(modem.receive_assistance, "pgps"),
+    )
+    app = AppActor(bus)
+    actors: list[Actor] = [util, cloud, modem, app]
+    util.register_shutdown(a.id for a in actors if a.supports_shutdown)
+
+    def record_restart(name: str, exc: BaseException) -> None:
+        for actor in actors:
+            if actor.name == name:
+                actor.restarts += 1
+                actor.last_error = f"crashed: {exc!r}"
+
+    supervisor = Supervisor(
+        [("backend", backend), *((actor.name, actor) for actor in actors)],
+        on_restart=record_restart,
+    )
+    return Device(bus, backend, util, cloud, modem, app, supervisor)
+
+
+@attrs.define(eq=False)
+class Service:
+    """Boots, reboots and stops the device (module docstring).
+
+    Args:
+      config: the validated configuration.
+      max_reboots: give up (``ExitCode.REBOOT_LIMIT``) after this many
+        reboots; ``None`` reboots forever, as the device would.
+      backend_factory: builds each boot's backend (tests inject one).
+    """
+
+    config: Config
+    max_reboots: int | None = None
+    backend_factory: Callable[[Config], CloudBackend] = make_backend
+    reboots: list[Reboot] = attrs.field(init=False, factory=list)
+    device: Device | None = attrs.field(init=False, default=None)
+    booted: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _stop_requested: bool = attrs.field(init=False, default=False)
+
+    def request_stop(self) -> None:
+        """Stop through the util actor's shutdown protocol."""
+        self._stop_requested = True
+        if self.device is not None:
+            self.device.util.request_stop()
+
+    async def run(self) -> ExitCode:
+        """Boot until stopped; returns the exit code.
+
+        Cancellation: cancelling it cancels the running tree at once,
+        without the shutdown protocol.
+
+        Logging: ``device_booted`` and ``device_rebooting`` at INFO and
+        WARNING, ``service_stopped`` at INFO.
+        """
+        while True:
+            reboot = await self._boot()
+            if reboot.reason is ShutdownReason.SERVICE_STOP:
+                log.info("service_stopped", boots=len(self.reboots) + 1)
+                return ExitCode.OK
+            self.reboots.append(reboot)
+            log.warning(
+                "device_rebooting",
+                reboots=len(self.reboots),
+                reason=reboot.reason.value,
+                cause=reboot.cause,
+            )
+            if self.max_reboots is not None and len(self.reboots) > self.max_reboots:
+                log.error("reboot_limit_reached", max_reboots=self.max_reboots)
+                return ExitCode.REBOOT_LIMIT
+
+    async def _boot(self) -> Reboot:
+        outcome: list[Reboot] = []
+        rebooting = trio.Event()
+
+        def on_reboot(reboot: Reboot) -> None:
+            outcome.append(reboot)
+            rebooting.set()
+
+        device = build_device(
+            self.config, on_reboot, backend=self.backend_factory(self.config)
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(device.supervisor.run)
+                self.device = device
+                log.info("device_booted", boot=len(self.reboots) + 1)
+                self.booted.set()
+                if self._stop_requested:
+                    device.util.request_stop()
+                await rebooting.wait()
+                await device.supervisor.stop()
+                nursery.cancel_scope.cancel(reason="device rebooting")
+        except* RestartLimitExceeded as group:
+            exc = group.exceptions[0]
+            outcome.append(
+                Reboot(reason=ShutdownReason.GENERIC, cause=str(exc), acknowledged=False)
+            )
+        finally:
+            self.device = None
+        return outcome[0]
+
+
+async def run_until_signalled(service: Service) -> ExitCode:
+    """Run ``service``; the first SIGINT or SIGTERM stops it in order.
+
+    A second signal cancels everything at once (``ExitCode.FORCED``).
+    """
+    result: list[ExitCode] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve() -> None:
+                result.append(await service.run())
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(serve, name="service")
+            count = 0
+            async for signum in signals:
+                count += 1
+                name = signal.Signals(signum).name
+                if count == 1:
+                    log.info("stop_requested", signal=name)
+                    service.request_stop()
+                else:
+                    log.warning("stop_forced", signal=name)
+                    nursery.cancel_scope.cancel(reason=f"second {name}")
+                    result.append(ExitCode.FORCED)
+                    break
+    return result[0]
