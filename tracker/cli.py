@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import trio
 
+from tracker import __version__
 from tracker.config import Config, ConfigError, default_config, load_config
 from tracker.logs import configure_logging
 from tracker.service import ExitCode, Service, UnsupportedCloud, make_backend
@@ -31,7 +32,7 @@ def _load(path: Path | None) -> Config:
 
 
 @click.group()
-@click.version_option(package_name="tracker")
+@click.version_option(version=__version__, prog_name="tracker")
 def main() -> None:
     """An nRF Asset Tracker v2 device, on the host."""
 
