@@ -300,3 +300,30 @@ class TestFullMailbox:
         errors = [e for _, e in rig.seen if isinstance(e, CloudError)]
         assert [e.err for e in errors] == [-errno.ENOSPC]
         assert rig.reboots[0][1].cause == f"CLOUD_EVT_ERROR({-errno.ENOSPC})"
+
+
+class TestSnapshot:
+    async def test_snapshot_shows_state_mailbox_and_backoff(
+        self, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+    ) -> None:
+        """The debug view sees states, mailbox figures, counters and the next attempt."""
+        rig = await start_rig(nursery)
+        rig.backend.default = Connect(after=100.0)
+        rig.publish(ModemInitialized())
+        rig.publish(ModemLteConnected())
+        await trio.sleep(10)
+
+        snapshot = rig.cloud.snapshot()
+
+        assert snapshot.name == "cloud"
+        assert snapshot.state == "STATE_LTE_CONNECTED"
+        assert snapshot.sub_state == "SUB_STATE_CLOUD_DISCONNECTED"
+        assert snapshot.mailbox.capacity == 20
+        assert snapshot.mailbox.depth == 0
+        # Two modem events, the wrapper's CONNECTING and its CLOUD_EVT_CONNECTING.
+        assert snapshot.mailbox.delivered == 4
+        assert snapshot.counters["connect_attempts"] == 1
+        assert snapshot.timers["connect_check"] == 32
+        assert snapshot.extra["connect_retries"] == 1
+        assert snapshot.extra["next_attempt_at"] == 32
+        assert snapshot.last_error is None
