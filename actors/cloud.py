@@ -306,7 +306,9 @@ class CloudActor(Actor):
             case CloudConnectionTimeout():
                 self.log.info("cloud_connect_timeout", attempts=self.backoff.retries)
                 await self._connect_cloud()
-            case DataConfigSend(payload=payload) if self.backend.config_before_connected:
+            case DataConfigSend(
+                payload=payload
+            ) if self.backend.config_before_connected:
                 self._qos_add(MessageType.CONFIG, QosFlag.ACK_REQUIRED, payload)
             case CloudDataSendQos(message=qos_message):
                 if self.backend.config_before_connected:
@@ -327,7 +329,9 @@ class CloudActor(Actor):
                 self._set_state(
                     CloudState.LTE_CONNECTED, CloudSubState.CLOUD_DISCONNECTED
                 )
-                self.log.warning("cloud_disconnected", reconnect_in=RECONNECT_AFTER_DROP)
+                self.log.warning(
+                    "cloud_disconnected", reconnect_in=RECONNECT_AFTER_DROP
+                )
                 self.connect_check.reschedule(RECONNECT_AFTER_DROP)
                 self.qos.timer_reset()
             case DataConfigGet():
@@ -438,7 +442,9 @@ class CloudActor(Actor):
 
     # -- sending -----------------------------------------------------------
 
-    def _qos_add(self, message_type: MessageType, flags: QosFlag, payload: Payload) -> None:
+    def _qos_add(
+        self, message_type: MessageType, flags: QosFlag, payload: Payload
+    ) -> None:
         try:
             self.qos.add(message_type, flags, payload)
         except QosPoolFull as exc:

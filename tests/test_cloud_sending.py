@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 
+import pytest
 import trio
 
 from actors.qos import MESSAGE_ID_BASE, QosLibrary
@@ -20,7 +21,12 @@ from protocols.data import (
     DataSendBatch,
     DataUiDataSend,
 )
-from protocols.modem import ModemInitialized, ModemLteConnected
+from protocols.modem import (
+    ModemDynamicData,
+    ModemInitialized,
+    ModemLteConnected,
+    NetworkMode,
+)
 from protocols.peripherals import AgnssRequest, LocationAgnssNeeded
 from protocols.qos import MessageType, QosFlag
 from protocols.wrapper import WrapperPingAck
@@ -31,7 +37,8 @@ BATCH = Payload(b'{"bat":[{"v":80,"ts":1}]}')
 
 async def connected_rig(nursery: trio.Nursery, **kwargs: object) -> Rig:
     """A rig whose cloud connected at t = 1; it returns at t = 2."""
-    rig = await start_rig(nursery, [Connect(after=1.0)], **kwargs)  # type: ignore[arg-type]
+    outcomes = [Connect(after=1.0)]
+    rig = await start_rig(nursery, outcomes, **kwargs)  # type: ignore[arg-type]
     rig.publish(ModemInitialized())
     rig.publish(ModemLteConnected())
     await trio.sleep(2)
@@ -179,10 +186,8 @@ class TestConfigReceived:
         rig.publish(DataConfigInit(DeviceConfig(active_wait_timeout=60)))
         await trio.sleep(0.1)
 
-        rig.backend.receive(
-            json.dumps({"version": 3, "state": {"cfg": {"act": False, "nod": ["gnss"]}}})
-            .encode()
-        )
+        delta = {"version": 3, "state": {"cfg": {"act": False, "nod": ["gnss"]}}}
+        rig.backend.receive(json.dumps(delta).encode())
         await trio.sleep(0.1)
 
         [received] = [e for _, e in rig.seen if isinstance(e, CloudConfigReceived)]
@@ -247,9 +252,15 @@ class TestAgnss:
     ) -> None:
         """A-GNSS requested while offline goes out once the cloud connects."""
         rig = await start_rig(nursery, [Connect(after=3.0)])
-        rig.cloud.network_info = lambda: None
+        network = ModemDynamicData(
+            timestamp=0, area_code=40401, cell_id=21679716, rsrp=-97, mcc=242,
+            mnc=2, ip_address="10.0.0.2", apn="telenor.smart", mccmnc="24202",
+            band=20, network_mode=NetworkMode.LTE_M,
+        )  # fmt: skip
+        rig.cloud.network_info = lambda: network
         rig.publish(ModemInitialized())
-        rig.publish(LocationAgnssNeeded(AgnssRequest(data_flags=0x3F, sv_mask_ephe=1, sv_mask_alm=1)))
+        request = AgnssRequest(data_flags=0x3F, sv_mask_ephe=1, sv_mask_alm=1)
+        rig.publish(LocationAgnssNeeded(request))
         assert rig.cloud.agnss_buffered is None
         await trio.sleep(0.1)
         assert rig.cloud.agnss_buffered is not None
@@ -258,6 +269,16 @@ class TestAgnss:
         await trio.sleep(10)
 
         assert rig.cloud.agnss_buffered is None
+        [sent] = rig.backend.sent("agnss_request_send")
+        assert sent.t == pytest.approx(3.1)  # LTE up at 0.1, connected 3 s later
+        assert sent.ack
+        assert json.loads(sent.payload.data) == {  # type: ignore[union-attr]
+            "mcc": 242,
+            "mnc": 2,
+            "area": 40401,
+            "cell": 21679716,
+            "types": [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        }
 
 
 class TestShutdown:
@@ -306,7 +327,7 @@ class TestSnapshot:
     async def test_snapshot_shows_state_mailbox_and_backoff(
         self, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
     ) -> None:
-        """The debug view sees states, mailbox figures, counters and the next attempt."""
+        """The debug view sees states, mailbox, counters and the next attempt."""
         rig = await start_rig(nursery)
         rig.backend.default = Connect(after=100.0)
         rig.publish(ModemInitialized())
