@@ -118,23 +118,18 @@ def apply_cfg(cfg: dict[str, Any], current: DeviceConfig) -> DeviceConfig:
         if not isinstance(value, bool | int):
             raise ConfigInvalid(f"cfg.act = {value!r}: must be a boolean")
         changes["active_mode"] = bool(value)
-    for key, field in _INT_KEYS.items():
+    # Integers are read as integers (JSON numbers truncated), the
+    # accelerometer settings as doubles.
+    numeric = [(key, field, int) for key, field in _INT_KEYS.items()]
+    numeric += [(key, field, float) for key, field in _FLOAT_KEYS.items()]
+    for key, field, convert in numeric:
         if key in cfg:
             value = cfg[key]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigInvalid(f"cfg.{key} = {value!r}: must be a number")
             if not math.isfinite(value):
                 raise ConfigInvalid(f"cfg.{key} = {value!r}: must be finite")
-            # Integers are read as integers: JSON numbers are truncated.
-            changes[field] = int(value)
-    for key, field in _FLOAT_KEYS.items():
-        if key in cfg:
-            value = cfg[key]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigInvalid(f"cfg.{key} = {value!r}: must be a number")
-            if not math.isfinite(value):
-                raise ConfigInvalid(f"cfg.{key} = {value!r}: must be finite")
-            changes[field] = float(value)
+            changes[field] = convert(value)
     if "nod" in cfg:
         nod = cfg["nod"]
         if not isinstance(nod, list) or not all(isinstance(n, str) for n in nod):
