@@ -48,6 +48,13 @@ class RestartLimitExceeded(Exception):
         self.window = window
 
 
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 @attrs.frozen
 class RestartPolicy:
     """At most ``max_restarts`` restarts of one child per ``window`` seconds."""
@@ -138,7 +145,10 @@ class Supervisor:
                     task_status.started()
                 return
 
-    def _crashed(self, child: _Child, exc: Exception) -> None:
+    def _crashed(self, child: _Child, exc: BaseException) -> None:
+        # A crash reaches us wrapped in the groups of the nurseries it went
+        # through; the restart hook and the log want the exception itself.
+        exc = first_leaf(exc)
         now = trio.current_time()
         log.error("child_crashed", child=child.name, exc_info=exc)
         child.crash_times.append(now)

@@ -145,7 +145,9 @@ class UtilActor(Actor):
         if self.request is None:
             return
         if self.awaiting_ack:
-            self.log.warning("shutdown_unacknowledged", modules=sorted(self.awaiting_ack))
+            self.log.warning(
+                "shutdown_unacknowledged", modules=sorted(self.awaiting_ack)
+            )
         self.log.warning("rebooting", reason=self.request.reason.value)
         self.on_reboot(self.request)
 

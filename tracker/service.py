@@ -27,7 +27,7 @@ from actors.backoff import ReconnectBackoff
 from actors.cloud import CloudActor
 from actors.modem import ModemActor, SimulatedModem
 from actors.runtime import Actor, ActorSnapshot, Bus
-from actors.supervisor import RestartLimitExceeded, Supervisor
+from actors.supervisor import RestartLimitExceeded, Supervisor, first_leaf
 from actors.util import Reboot, UtilActor
 from backends.base import CloudBackend
 from backends.scripted import Connect, Refuse, ScriptedBackend
@@ -156,6 +156,8 @@ class Service:
     max_reboots: int | None = None
     backend_factory: Callable[[Config], CloudBackend] = make_backend
     reboots: list[Reboot] = attrs.field(init=False, factory=list)
+    # The shutdown that ended ``run`` with ``ExitCode.OK`` (reason SERVICE_STOP).
+    stopped_by: Reboot | None = attrs.field(init=False, default=None)
     device: Device | None = attrs.field(init=False, default=None)
     booted: trio.Event = attrs.field(init=False, factory=trio.Event)
     _stop_requested: bool = attrs.field(init=False, default=False)
@@ -178,6 +180,7 @@ class Service:
         while True:
             reboot = await self._boot()
             if reboot.reason is ShutdownReason.SERVICE_STOP:
+                self.stopped_by = reboot
                 log.info("service_stopped", boots=len(self.reboots) + 1)
                 return ExitCode.OK
             self.reboots.append(reboot)
@@ -214,9 +217,10 @@ class Service:
                 await device.supervisor.stop()
                 nursery.cancel_scope.cancel(reason="device rebooting")
         except* RestartLimitExceeded as group:
-            exc = group.exceptions[0]
+            # except* keeps the nesting of the nurseries it came through.
+            cause = str(first_leaf(group))
             outcome.append(
-                Reboot(reason=ShutdownReason.GENERIC, cause=str(exc), acknowledged=False)
+                Reboot(reason=ShutdownReason.GENERIC, cause=cause, acknowledged=False)
             )
         finally:
             self.device = None
