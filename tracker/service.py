@@ -29,7 +29,9 @@ from actors.modem import ModemActor, SimulatedModem
 from actors.runtime import Actor, ActorSnapshot, Bus
 from actors.supervisor import RestartLimitExceeded, Supervisor, first_leaf
 from actors.util import Reboot, UtilActor
+from backends.aws import AwsIotBackend
 from backends.base import CloudBackend
+from backends.mqtt_transport import MqttSettings
 from backends.scripted import Connect, Refuse, ScriptedBackend
 from protocols.app import ShutdownReason
 from tracker.config import Config
@@ -65,9 +67,23 @@ def make_backend(config: Config) -> CloudBackend:
             default=Connect(after=simulated.connect_delay),
             ack_delay=simulated.ack_delay,
         )
+    if config.cloud.service == "aws":
+        aws = config.cloud.aws
+        # The configuration guarantees the credential files for "aws".
+        assert aws.ca_file is not None
+        settings = MqttSettings(
+            host=aws.broker_host,
+            port=aws.port,
+            client_id=config.client_id,
+            ca_file=aws.ca_file,
+            cert_file=aws.cert_file,
+            key_file=aws.key_file,
+            keepalive=aws.keepalive,
+        )
+        return AwsIotBackend(config.client_id, settings)
     raise UnsupportedCloud(
         f"cloud.service = {config.cloud.service!r}: no backend for this cloud "
-        "in this build yet; use \"simulated\""
+        "in this build yet; use \"simulated\" or \"aws\""
     )
 
 

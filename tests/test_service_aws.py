@@ -1,0 +1,61 @@
+"""The whole device against a real Mosquitto broker, through the AWS backend.
+
+No autojump here: real sockets, real time, bounded by ``fail_after``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from tests.mosquitto import MosquittoBroker, Pki
+from tracker.config import parse_config
+from tracker.service import Service
+
+
+def aws_config(broker: MosquittoBroker, pki: Pki, tmp_path: Path, imei: str) -> str:
+    """A tracker.toml selecting AWS on the test broker, client id = IMEI."""
+    files = pki.client_files(imei)
+    return f"""
+[device]
+imei = "{imei}"
+[cloud]
+service = "aws"
+[cloud.aws]
+broker_host = "127.0.0.1"
+port = {broker.port}
+ca_file = "{pki.ca_file}"
+cert_file = "{files.cert_file}"
+key_file = "{files.key_file}"
+[modem]
+attach_delay = 0.1
+[state]
+directory = "{tmp_path / 'state'}"
+"""
+
+
+class TestDeviceOnMosquitto:
+    async def test_device_connects_and_stops_in_order(
+        self, mosquitto_broker: MosquittoBroker, mqtt_pki: Pki, tmp_path: Path
+    ) -> None:
+        """LTE up, one attempt, CLOUD_CONNECTED over mutual TLS, then a clean stop."""
+        imei = "352656100000010"
+        config = parse_config(aws_config(mosquitto_broker, mqtt_pki, tmp_path, imei))
+        service = Service(config)
+
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(service.run)
+                await service.booted.wait()
+                device = service.device
+                assert device is not None
+                while device.cloud.sub_state != "SUB_STATE_CLOUD_CONNECTED":
+                    await trio.sleep(0.05)
+                service.request_stop()
+
+        assert device.cloud.counters["connect_attempts"] == 1
+        assert device.backend.snapshot()["connected"] is False
+        assert service.stopped_by is not None
+        assert service.stopped_by.acknowledged
+        assert mosquitto_broker.connection_attempts() == 1
