@@ -26,12 +26,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import pytest
 import trio
 import trustme
+
+from backends.mqtt_transport import MqttSettings
 
 START_TIMEOUT: Final = 10.0
 """Seconds a broker may take to open its listener after being spawned."""
@@ -269,3 +271,19 @@ def mosquitto_broker(tmp_path: Path, mqtt_pki: Pki) -> Iterator[MosquittoBroker]
         yield broker
     finally:
         broker.stop()
+
+
+def client_settings(
+    broker: MosquittoBroker, client_id: str, **overrides: Any
+) -> MqttSettings:
+    """Settings for ``client_id`` with a valid certificate of the test CA."""
+    files = broker.pki.client_files(client_id)
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "client_id": client_id,
+        "ca_file": broker.pki.ca_file,
+        "cert_file": files.cert_file,
+        "key_file": files.key_file,
+    } | overrides
+    return MqttSettings(**values)

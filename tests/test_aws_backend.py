@@ -30,7 +30,7 @@ from backends.mqtt_transport import (
 from protocols import wrapper as wrap
 from protocols.base import Payload
 from protocols.json_codec import Flavour, JsonCodec
-from tests.mosquitto import MosquittoBroker, Pki
+from tests.mosquitto import MosquittoBroker, Pki, client_settings
 
 LIMIT = 10.0
 """Real-time bound of each test, in seconds."""
@@ -47,17 +47,8 @@ E = TypeVar("E", bound=wrap.WrapperEvent)
 def settings_for(
     broker: MosquittoBroker, client_id: str = DEVICE_ID, **overrides: Any
 ) -> MqttSettings:
-    files = broker.pki.client_files(client_id)
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": broker.port,
-        "client_id": client_id,
-        "ca_file": broker.pki.ca_file,
-        "cert_file": files.cert_file,
-        "key_file": files.key_file,
-        "connect_timeout": 3.0,
-    } | overrides
-    return MqttSettings(**values)
+    overrides.setdefault("connect_timeout", 3.0)
+    return client_settings(broker, client_id, **overrides)
 
 
 @attrs.define(eq=False)

@@ -37,7 +37,12 @@ from backends.mqtt_transport import (
     MqttSettings,
     open_mqtt_session,
 )
-from tests.mosquitto import MosquittoBroker, Pki, free_loopback_port
+from tests.mosquitto import (
+    MosquittoBroker,
+    Pki,
+    client_settings,
+    free_loopback_port,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,17 +57,8 @@ def settings_for(
     broker: MosquittoBroker, client_id: str = CLIENT_ID, **overrides: Any
 ) -> MqttSettings:
     """Settings with a valid client certificate for ``client_id``."""
-    files = broker.pki.client_files(client_id)
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": broker.port,
-        "client_id": client_id,
-        "ca_file": broker.pki.ca_file,
-        "cert_file": files.cert_file,
-        "key_file": files.key_file,
-        "connect_timeout": 5.0,
-    } | overrides
-    return MqttSettings(**values)
+    overrides.setdefault("connect_timeout", 5.0)
+    return client_settings(broker, client_id, **overrides)
 
 
 async def receive_until(
