@@ -50,6 +50,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from actors.backoff import BACKOFF_TABLES as _TABLES
 from actors.backoff import MAX_CONNECT_RETRIES
+from actors.modem import luhn_check_digit
 
 
 __all__ = [
@@ -241,23 +242,12 @@ _host = _check(
 )
 
 
-def _luhn_digit(payload: str) -> int:
-    """Compute the Luhn check digit that completes ``payload``."""
-    total = 0
-    for position, char in enumerate(reversed(payload)):
-        digit = int(char)
-        if position % 2 == 0:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return -total % 10
-
-
 def _check_imei(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value.isascii() or not value.isdigit():
         reason = "must be 15 digits (0-9)"
     elif len(value) != 15:
         reason = f"must be 15 digits, got {len(value)}"
-    elif int(value[-1]) != (expected := _luhn_digit(value[:-1])):
+    elif value[-1] != (expected := luhn_check_digit(value[:-1])):
         reason = f"has a bad Luhn check digit: expected {value[:-1]}{expected}"
     else:
         return
