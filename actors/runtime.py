@@ -32,7 +32,6 @@ import enum
 import errno
 import itertools
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import attrs
@@ -279,7 +278,3 @@ class Actor:
         """Actor-specific fields for the snapshot."""
         return {}
 
-
-def spec_names(events: Iterable[Event]) -> list[str]:
-    """The firmware names of ``events``; handy in logs and tests."""
-    return [event.spec_name for event in events]

@@ -18,7 +18,6 @@ acknowledge or ping.  QoS 1 sends can be acknowledged automatically after
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from typing import ClassVar
 
 import attrs
@@ -259,7 +258,3 @@ class ScriptedBackend(CloudBackend):
             raise RuntimeError("the backend is not running (run not started)")
         self._nursery.start_soon(fn, *args)  # type: ignore[arg-type]
 
-
-def scripted(outcomes: Iterable[Outcome] = (), **kwargs: object) -> ScriptedBackend:
-    """A scripted backend playing ``outcomes`` first."""
-    return ScriptedBackend(deque(outcomes), **kwargs)  # type: ignore[arg-type]
