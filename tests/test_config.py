@@ -679,3 +679,19 @@ class TestOtherSettings:
         config = load_config(write_config(tmp_path, text))
 
         assert "my-hub.azure-devices.net" == config.cloud.azure.hub_host
+
+
+class TestAwsTopicVariant:
+    def test_legacy_topics_default_off_and_settable(self) -> None:
+        """The older AWS topic names are a configuration choice, off by default."""
+        default = parse_config("")
+
+        legacy = parse_config("[cloud.aws]\nlegacy_topics = true\n")
+
+        assert default.cloud.aws.legacy_topics is False
+        assert legacy.cloud.aws.legacy_topics is True
+
+    def test_legacy_topics_must_be_boolean(self) -> None:
+        """A string where a boolean belongs names the key."""
+        with pytest.raises(ConfigError, match=r"cloud\.aws\.legacy_topics"):
+            parse_config('[cloud.aws]\nlegacy_topics = "yes"\n')

@@ -351,6 +351,9 @@ class AwsConfig:
         cert_file: The device certificate (PEM).
         key_file: The device's private key (PEM).
         keepalive: CONFIG_MQTT_KEEPALIVE, in seconds.
+        legacy_topics: Use the topic names of older firmware releases
+            (``<id>/ncellmeas``, ``<id>/agps/get``, ``<id>/agps``) instead
+            of ``<id>/ground-fix`` and ``<id>/agnss[/get]``.
     """
 
     broker_host: str = attrs.field(default="", validator=_host)
@@ -359,6 +362,7 @@ class AwsConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive: int = attrs.field(default=1200, validator=_positive)
+    legacy_topics: bool = False
 
 
 @attrs.frozen

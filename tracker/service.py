@@ -80,7 +80,9 @@ def make_backend(config: Config) -> CloudBackend:
             key_file=aws.key_file,
             keepalive=aws.keepalive,
         )
-        return AwsIotBackend(config.client_id, settings)
+        return AwsIotBackend(
+            config.client_id, settings, legacy_topics=aws.legacy_topics
+        )
     raise UnsupportedCloud(
         f"cloud.service = {config.cloud.service!r}: no backend for this cloud "
         "in this build yet; use \"simulated\" or \"aws\""
