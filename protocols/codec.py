@@ -63,6 +63,10 @@ class CloudCodec(abc.ABC):
           ConfigEmpty, ConfigDuplicate, NotAConfigDocument, ConfigInvalid.
         """
 
+    def encode_config_report(self, config: DeviceConfig) -> Payload:
+        """The complete applied configuration, as the cloud expects it back."""
+        raise CodecNotSupported("this cloud takes no configuration report")
+
     def encode_agnss_request(
         self, request: AgnssRequest, network: ModemDynamicData | None
     ) -> Payload:

@@ -176,6 +176,13 @@ class JsonCodec(CloudCodec):
             raise ConfigInvalid(f"cfg = {cfg!r}: must be an object")
         return apply_cfg(cfg, current)
 
+    def encode_config_report(self, config: DeviceConfig) -> Payload:
+        """AWS: ``{"state":{"reported":{"cfg":…}}}``; Azure: ``{"cfg":…}``."""
+        cfg = {"cfg": encode_config(config)}
+        if self.flavour is Flavour.AWS:
+            return Payload(dumps({"state": {"reported": cfg}}))
+        return Payload(dumps(cfg))
+
     def encode_agnss_request(
         self, request: AgnssRequest, network: ModemDynamicData | None
     ) -> Payload:

@@ -151,7 +151,7 @@ class TestReboot:
         assert first.supervisor is not second.supervisor
         old_ids = {actor.id for actor in first.actors}
         new_ids = {actor.id for actor in second.actors}
-        assert len(old_ids) == len(new_ids) == 4
+        assert len(old_ids) == len(new_ids) == 5
         assert old_ids.isdisjoint(new_ids)
         for old, new in zip(first.actors, second.actors, strict=True):
             assert old is not new
@@ -214,6 +214,7 @@ class TestStop:
         device = boot.device
         assert device.util.acknowledged == {
             device.cloud.id,
+            device.data.id,
             device.modem.id,
             device.app.id,
         }
@@ -223,6 +224,7 @@ class TestStop:
         assert sorted(name for name in names if "SHUTDOWN_READY" in name) == [
             "APP_EVT_SHUTDOWN_READY",
             "CLOUD_EVT_SHUTDOWN_READY",
+            "DATA_EVT_SHUTDOWN_READY",
             "MODEM_EVT_SHUTDOWN_READY",
         ]
 
@@ -334,9 +336,10 @@ class TestCommand:
         assert sorted(r["by"] for r in acks) == [
             "APP_EVT_SHUTDOWN_READY",
             "CLOUD_EVT_SHUTDOWN_READY",
+            "DATA_EVT_SHUTDOWN_READY",
             "MODEM_EVT_SHUTDOWN_READY",
         ]
-        assert [r["waiting"] for r in acks] == [2, 1, 0]
+        assert [r["waiting"] for r in acks] == [3, 2, 1, 0]
         assert "shutdown_unacknowledged" not in names
 
     async def test_retries_out_of_range_is_a_config_error(self, tmp_path: Path) -> None:

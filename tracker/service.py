@@ -1,6 +1,6 @@
 """The service: one actor tree per boot, rebooted in order, stopped on request.
 
-A *boot* builds a fresh tree (bus, backend, util, cloud, modem and app
+A *boot* builds a fresh tree (bus, backend, util, cloud, data, modem and app
 actors) and runs it under a ``Supervisor`` until the util actor decides to
 reboot, or the supervisor gives up on a crashing actor.  The service then
 stops the tree child by child and, unless the reason was a stop of the
@@ -25,6 +25,7 @@ import trio
 from actors.app import AppActor
 from actors.backoff import ReconnectBackoff
 from actors.cloud import CloudActor
+from actors.data import DataActor
 from actors.modem import ModemActor, SimulatedModem
 from actors.runtime import Actor, ActorSnapshot, Bus
 from actors.supervisor import RestartLimitExceeded, Supervisor, first_leaf
@@ -97,6 +98,7 @@ class Device:
     backend: CloudBackend
     util: UtilActor
     cloud: CloudActor
+    data: DataActor
     modem: ModemActor
     app: AppActor
     supervisor: Supervisor
@@ -104,7 +106,7 @@ class Device:
     @property
     def actors(self) -> list[Actor]:
         """The module actors, in start order."""
-        return [self.util, self.cloud, self.modem, self.app]
+        return [self.util, self.cloud, self.data, self.modem, self.app]
 
     def snapshot(self) -> list[ActorSnapshot]:
         """Every actor's snapshot, in start order."""
@@ -142,8 +144,13 @@ def build_device(
         agnss_sink=functools.partial(modem.receive_assistance, "agnss"),
         pgps_sink=functools.partial(modem.receive_assistance, "pgps"),
     )
+    data = DataActor(
+        bus,
+        codec=backend.codec,
+        config_before_connected=backend.config_before_connected,
+    )
     app = AppActor(bus)
-    actors: list[Actor] = [util, cloud, modem, app]
+    actors: list[Actor] = [util, cloud, data, modem, app]
     util.register_shutdown(a.id for a in actors if a.supports_shutdown)
 
     def record_restart(name: str, exc: BaseException) -> None:
@@ -156,7 +163,7 @@ def build_device(
         [("backend", backend), *((actor.name, actor) for actor in actors)],
         on_restart=record_restart,
     )
-    return Device(bus, backend, util, cloud, modem, app, supervisor)
+    return Device(bus, backend, util, cloud, data, modem, app, supervisor)
 
 
 @attrs.define(eq=False)
