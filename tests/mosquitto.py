@@ -157,6 +157,7 @@ class MosquittoBroker:
             f"keyfile {server.key_file}",
             "require_certificate true",
             "use_identity_as_username true",
+            # A minimum, not a pin: Mosquitto 2.0 still negotiates TLS 1.3.
             "tls_version tlsv1.2",
         ]
         # As root, mosquitto drops to the "mosquitto" user, which cannot read

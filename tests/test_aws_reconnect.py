@@ -388,7 +388,8 @@ async def test_broker_killed_and_restarted_while_data_flows(
     duplicates = len(observer.received) - len(delivered)
     print(
         f"\nkill->drop {t_drop - t_kill:.3f}s, drop->retry {t_retry - t_drop:.3f}s, "
-        f"retry->success {t_success - t_retry:.3f}s, kill->back {t_back - t_kill:.3f}s, "
+        f"retry->success {t_success - t_retry:.3f}s, "
+        f"kill->back {t_back - t_kill:.3f}s, "
         f"rearm->batch10 {arrival - rearmed:.3f}s; handed {len(handed)}, "
         f"accepted {len(accepted)}, delivered {len(delivered)}, "
         f"duplicates {duplicates}, dropped offline "
