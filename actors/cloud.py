@@ -577,7 +577,8 @@ class CloudActor(Actor):
     def _on_data_received(self, data: bytes, topic: str) -> None:
         try:
             config = self.backend.codec.decode_config(data, self.config)
-        except ConfigEmpty:
+        except ConfigEmpty as exc:
+            self.log.info("config_empty", topic=topic, reason=str(exc))
             self.emit(CloudConfigEmpty())
         except ConfigDuplicate as exc:
             self.log.debug("config_duplicate", topic=topic, detail=str(exc))

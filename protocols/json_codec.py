@@ -51,6 +51,9 @@ TYPE_GPS_SYSTEM_CLOCK: Final = 7
 TYPE_LOCATION: Final = 8
 TYPE_INTEGRITY: Final = 9
 
+INT32_MIN: Final = -(2**31)
+INT32_MAX: Final = 2**31 - 1
+
 # The reported cfg's key order (cloud_codec encode order).
 _INT_KEYS: Final = {
     "loct": "location_timeout",
@@ -127,8 +130,19 @@ def apply_cfg(cfg: dict[str, Any], current: DeviceConfig) -> DeviceConfig:
             value = cfg[key]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigInvalid(f"cfg.{key} = {value!r}: must be a number")
-            if not math.isfinite(value):
-                raise ConfigInvalid(f"cfg.{key} = {value!r}: must be finite")
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an integer beyond any double
+                raise ConfigInvalid(
+                    f"cfg.{key} = {_short(value)}: out of range"
+                ) from None
+            if not finite:
+                raise ConfigInvalid(f"cfg.{key} = {_short(value)}: must be finite")
+            # The firmware's fields are 32-bit ints (seconds).
+            if convert is int and not INT32_MIN <= value <= INT32_MAX:
+                raise ConfigInvalid(
+                    f"cfg.{key} = {_short(value)}: must fit in a 32-bit integer"
+                )
             changes[field] = convert(value)
     if "nod" in cfg:
         nod = cfg["nod"]
@@ -155,6 +169,8 @@ class JsonCodec(CloudCodec):
             document = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise NotAConfigDocument(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise NotAConfigDocument("not JSON: nested too deeply") from None
         if not isinstance(document, dict):
             raise NotAConfigDocument(
                 f"a JSON {type(document).__name__}, not an object"
@@ -231,6 +247,12 @@ class JsonCodec(CloudCodec):
                 }
             )
         )
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut short: a hostile number can be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 def _dig(document: dict[str, Any], *keys: str) -> Any:
