@@ -23,17 +23,25 @@ The backend never retries: a failed attempt is logged and reported as
 ``WrapperDisconnected``; the cloud actor's backoff decides when to call
 ``connect()`` again.
 
-FOTA (AWS jobs topics) is not implemented.
+FOTA: with an ``AwsFota`` (``backends.aws_fota``) the session also runs the
+AWS IoT Jobs client of ``wire.md`` §6.1 in a per-connection nursery; its
+messages (``$aws/things/<id>/jobs/…``) go to it instead of the data path,
+and its QoS 1 PUBACKs are swallowed here.  A disconnect cancels the
+download; the client's state carries over to the next connection.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 import structlog
 import trio
 
+from backends.aws_fota import AwsFota
 from backends.base import CloudBackend, Emit
 from backends.errors import (
     BackendBusy,
@@ -55,6 +63,11 @@ from protocols import wrapper as wrap
 from protocols.base import Payload
 from protocols.codec import CloudCodec
 from protocols.json_codec import Flavour, JsonCodec
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from state.firmware import FirmwareStore
 
 # Not bound at import time: see the note in backends.mqtt_transport.
 log = structlog.get_logger(actor="aws")
@@ -126,6 +139,8 @@ class _Attempt:
     pending: dict[int, int] = attrs.field(factory=dict)
     # PUBACKs read before publish() returned their packet id to the sender.
     early_acks: set[int] = attrs.field(factory=set)
+    # Packet ids of the backend's own QoS 1 publishes (the Jobs client).
+    internal: set[int] = attrs.field(factory=set)
 
 
 class AwsIotBackend(CloudBackend):
@@ -140,6 +155,10 @@ class AwsIotBackend(CloudBackend):
         client_id: str,
         settings: MqttSettings,
         legacy_topics: bool = False,
+        *,
+        fota: AwsFota | None = None,
+        firmware: FirmwareStore | None = None,
+        http_ca_file: Path | None = None,
     ) -> None:
         if settings.client_id != client_id:
             raise ValueError(
@@ -155,6 +174,9 @@ class AwsIotBackend(CloudBackend):
         self._emit: Emit | None = None
         self._nursery: trio.Nursery | None = None
         self._attempt: _Attempt | None = None
+        if fota is None and firmware is not None:
+            fota = AwsFota(client_id, firmware, http_ca_file=http_ca_file)
+        self.fota = fota
 
     # -- the wrapper API ----------------------------------------------------
 
@@ -264,6 +286,7 @@ class AwsIotBackend(CloudBackend):
             "broker": f"{self.settings.host}:{self.settings.port}",
             "legacy_topics": self.legacy_topics,
             "last_failure": self.last_failure,
+            "fota": None if self.fota is None else self.fota.state,
         }
 
     # -- the session task -----------------------------------------------------
@@ -307,6 +330,19 @@ class AwsIotBackend(CloudBackend):
         self._send_event(wrap.WrapperConnected())
         # CONFIG_AWS_IOT_AUTO_DEVICE_SHADOW_REQUEST: ask for the shadow.
         await session.publish(topics.shadow_get, b"", 0)
+        async with trio.open_nursery() as connection_nursery:
+            if self.fota is not None:
+                await connection_nursery.start(
+                    self.fota.serve,
+                    functools.partial(self._publish_internal, attempt),
+                    session_subscribe(self, session),
+                    self._send_event,
+                )
+            reason = await self._read(session, attempt)
+            connection_nursery.cancel_scope.cancel(reason=reason)
+        return reason
+
+    async def _read(self, session: MqttSession, attempt: _Attempt) -> str:
         while True:
             try:
                 event = await session.incoming.receive()
@@ -335,7 +371,9 @@ class AwsIotBackend(CloudBackend):
                 log.warning("aws_subscription_refused", topic=topic)
 
     def _dispatch_message(self, topic: str, data: bytes) -> None:
-        if topic == self.topics.agnss:
+        if self.fota is not None and self.fota.handles(topic):
+            self.fota.deliver(topic, data)
+        elif topic == self.topics.agnss:
             self._send_event(wrap.WrapperAgnssDataReceived(data))
         elif topic == self.topics.pgps:
             self._send_event(wrap.WrapperPgpsDataReceived(data))
@@ -343,6 +381,9 @@ class AwsIotBackend(CloudBackend):
             self._send_event(wrap.WrapperDataReceived(data, topic))
 
     def _acknowledged(self, attempt: _Attempt, mid: int) -> None:
+        if mid in attempt.internal:
+            attempt.internal.discard(mid)
+            return
         message_id = attempt.pending.pop(mid, None)
         if message_id is None:
             # publish() has not returned this packet id to its sender yet.
@@ -405,7 +446,31 @@ class AwsIotBackend(CloudBackend):
             else:
                 attempt.pending[mid] = message_id
 
+    async def _publish_internal(
+        self, attempt: _Attempt, topic: str, data: bytes
+    ) -> None:
+        """QoS 1 publish whose PUBACK nobody waits for (Jobs updates)."""
+        session = attempt.session
+        if session is None:
+            raise BackendNotConnected(f"publish to {topic} while disconnected")
+        mid = await session.publish(topic, data, 1)
+        if mid in attempt.early_acks:
+            attempt.early_acks.discard(mid)
+        else:
+            attempt.internal.add(mid)
+
     def _send_event(self, event: wrap.WrapperEvent) -> None:
         if self._emit is None:
             raise RuntimeError("the backend was not initialised (init not called)")
         self._emit(event)
+
+
+def session_subscribe(
+    backend: AwsIotBackend, session: MqttSession
+) -> Callable[[Sequence[tuple[str, int]]], Awaitable[None]]:
+    """``backend._subscribe`` bound to ``session``, for the Jobs client."""
+
+    async def subscribe(topics: Sequence[tuple[str, int]]) -> None:
+        await backend._subscribe(session, list(topics))
+
+    return subscribe

@@ -695,3 +695,30 @@ class TestAwsTopicVariant:
         """A string where a boolean belongs names the key."""
         with pytest.raises(ConfigError, match=r"cloud\.aws\.legacy_topics"):
             parse_config('[cloud.aws]\nlegacy_topics = "yes"\n')
+
+
+class TestFotaCaFile:
+    def test_empty_means_system_store(self) -> None:
+        """An empty fota_ca_file leaves the download verified by system CAs."""
+        config = parse_config('[cloud.aws]\nfota_ca_file = ""\n')
+
+        assert config.cloud.aws.fota_ca_file is None
+
+    def test_relative_path_resolved_and_checked(self, tmp_path: Path) -> None:
+        """The file is resolved beside tracker.toml and must exist for AWS."""
+        for name in ("ca.pem", "cert.pem", "key.pem", "bucket.pem"):
+            (tmp_path / name).write_text("x")
+        aws = (
+            '[cloud]\nservice = "aws"\n[cloud.aws]\nbroker_host = "h"\n'
+            'ca_file = "ca.pem"\ncert_file = "cert.pem"\nkey_file = "key.pem"\n'
+        )
+        good = tmp_path / "good.toml"
+        good.write_text(aws + 'fota_ca_file = "bucket.pem"\n')
+        bad = tmp_path / "bad.toml"
+        bad.write_text(aws + 'fota_ca_file = "missing.pem"\n')
+
+        config = load_config(good)
+
+        assert config.cloud.aws.fota_ca_file == tmp_path / "bucket.pem"
+        with pytest.raises(ConfigError, match=r"cloud\.aws\.fota_ca_file = \"missing"):
+            load_config(bad)

@@ -35,6 +35,7 @@ from backends.base import CloudBackend
 from backends.mqtt_transport import MqttSettings
 from backends.scripted import Connect, Refuse, ScriptedBackend
 from protocols.app import ShutdownReason
+from state.firmware import FirmwareStore
 from tracker.config import Config
 
 # Lazy: it follows whatever logging set-up is in force when it logs.
@@ -55,8 +56,12 @@ class UnsupportedCloud(Exception):
     """The configuration selects a cloud this build cannot connect to."""
 
 
-def make_backend(config: Config) -> CloudBackend:
+def make_backend(
+    config: Config, firmware: FirmwareStore | None = None
+) -> CloudBackend:
     """The backend for ``cloud.service``.
+
+    ``firmware`` enables AWS IoT Jobs FOTA into that store (AWS only).
 
     Raises:
       UnsupportedCloud: the service has no backend here yet.
@@ -82,7 +87,11 @@ def make_backend(config: Config) -> CloudBackend:
             keepalive=aws.keepalive,
         )
         return AwsIotBackend(
-            config.client_id, settings, legacy_topics=aws.legacy_topics
+            config.client_id,
+            settings,
+            legacy_topics=aws.legacy_topics,
+            firmware=firmware,
+            http_ca_file=aws.fota_ca_file,
         )
     raise UnsupportedCloud(
         f"cloud.service = {config.cloud.service!r}: no backend for this cloud "
@@ -118,10 +127,15 @@ def build_device(
     on_reboot: Callable[[Reboot], None],
     *,
     backend: CloudBackend | None = None,
+    firmware: FirmwareStore | None = None,
 ) -> Device:
-    """Wire a fresh tree from ``config``; nothing runs until it is supervised."""
+    """Wire a fresh tree from ``config``; nothing runs until it is supervised.
+
+    ``firmware`` gives the modem's application version and the cloud
+    module's image confirmation.
+    """
     bus = Bus()
-    backend = backend if backend is not None else make_backend(config)
+    backend = backend if backend is not None else make_backend(config, firmware)
     util = UtilActor(
         bus,
         on_reboot=on_reboot,
@@ -130,7 +144,11 @@ def build_device(
     )
     modem = ModemActor(
         bus,
-        driver=SimulatedModem(config.device.imei),
+        driver=(
+            SimulatedModem(config.device.imei)
+            if firmware is None
+            else SimulatedModem(config.device.imei, firmware.running_version)
+        ),
         attach_delay=config.modem.attach_delay,
         outages=[(outage.at, outage.duration) for outage in config.modem.outages],
     )
@@ -143,6 +161,7 @@ def build_device(
         network_info=modem.current_network,
         agnss_sink=functools.partial(modem.receive_assistance, "agnss"),
         pgps_sink=functools.partial(modem.receive_assistance, "pgps"),
+        confirm_image=None if firmware is None else firmware.confirm,
     )
     data = DataActor(
         bus,
@@ -174,12 +193,21 @@ class Service:
       config: the validated configuration.
       max_reboots: give up (``ExitCode.REBOOT_LIMIT``) after this many
         reboots; ``None`` reboots forever, as the device would.
-      backend_factory: builds each boot's backend (tests inject one).
+      backend_factory: builds each boot's backend (tests inject one);
+        ``None`` uses ``make_backend`` with the service's firmware store.
+      firmware: the image slots; by default in
+        ``config.state.directory / "firmware"``.
     """
 
     config: Config
     max_reboots: int | None = None
-    backend_factory: Callable[[Config], CloudBackend] = make_backend
+    backend_factory: Callable[[Config], CloudBackend] | None = None
+    firmware: FirmwareStore = attrs.field(
+        default=attrs.Factory(
+            lambda self: FirmwareStore(self.config.state.directory / "firmware"),
+            takes_self=True,
+        )
+    )
     reboots: list[Reboot] = attrs.field(init=False, factory=list)
     # The shutdown that ended ``run`` with ``ExitCode.OK`` (reason SERVICE_STOP).
     stopped_by: Reboot | None = attrs.field(init=False, default=None)
@@ -227,8 +255,19 @@ class Service:
             outcome.append(reboot)
             rebooting.set()
 
+        # The bootloader's part: swap in a staged image, or revert one that
+        # had its trial boot without being confirmed.
+        previous = self.firmware.running_version
+        activated = self.firmware.activate_pending()
+        if activated is not None:
+            log.info("firmware_activated", previous=previous, running=activated)
+        backend = (
+            make_backend(self.config, self.firmware)
+            if self.backend_factory is None
+            else self.backend_factory(self.config)
+        )
         device = build_device(
-            self.config, on_reboot, backend=self.backend_factory(self.config)
+            self.config, on_reboot, backend=backend, firmware=self.firmware
         )
         try:
             async with trio.open_nursery() as nursery:
