@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ from sandbox.assistance import (
     parse_request_topic,
     pgps_response,
 )
+from sandbox.files import FileServer
 from tests.mosquitto import MosquittoBroker, Pki, client_settings
 from tests.test_service_aws import aws_config, wait_until
 from tracker.config import parse_config
@@ -212,9 +214,22 @@ class TestDeviceOnMosquitto:
     async def test_agnss_and_pgps_reach_the_modem(
         self, mosquitto_broker: MosquittoBroker, mqtt_pki: Pki, tmp_path: Path
     ) -> None:
-        """The device's requests are answered and the modem records the replies."""
-        config = parse_config(aws_config(mosquitto_broker, mqtt_pki, tmp_path, IMEI))
-        assistance = AssistanceService(seed=3)
+        """The requests are answered, and the P-GPS file is downloaded too."""
+        text = aws_config(mosquitto_broker, mqtt_pki, tmp_path, IMEI)
+        ca_line = f'download_ca_file = "{mqtt_pki.ca_file}"\n'
+        text = text.replace("[modem]", ca_line + "[modem]")
+        config = parse_config(text)
+        files = tmp_path / "files"
+        files.mkdir()
+        predictions = bytes(range(256)) * 240
+        (files / "15160-40655_15167-40655.bin").write_bytes(predictions)
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        mqtt_pki.ca.issue_cert("127.0.0.1").configure_cert(server_context)
+        server = FileServer(files, server_context)
+        # The file server serves flat names only, hence no "public/".
+        assistance = AssistanceService(
+            seed=3, pgps_path_template="{day}-{time}_{end_day}-{end_time}.bin"
+        )
         service = Service(config)
         flags = (
             AGNSS_GPS_UTC_REQUEST
@@ -226,6 +241,7 @@ class TestDeviceOnMosquitto:
 
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
+                assistance.pgps_host = f"127.0.0.1:{await nursery.start(server.run)}"
                 settings = client_settings(mosquitto_broker, "sandbox-assistance")
                 await nursery.start(assistance.run, settings)
                 nursery.start_soon(service.run)
@@ -254,7 +270,7 @@ class TestDeviceOnMosquitto:
                         )
                     )
                 )
-                await wait_until(lambda: "pgps" in modem.assistance)
+                await wait_until(lambda: "pgps_predictions" in modem.assistance)
                 # Any extra message would have arrived with the others.
                 await trio.sleep(0.3)
                 service.request_stop()
@@ -281,9 +297,13 @@ class TestDeviceOnMosquitto:
         )
         assert modem.assistance["pgps"].count == 1
         assert json.loads(modem.assistance["pgps"].last) == {
-            "path": "public/15160-40655_15167-40655.bin",
-            "host": "pgps.nrfcloud.com",
+            "path": "15160-40655_15167-40655.bin",
+            "host": assistance.pgps_host,
         }
+        assert modem.assistance["pgps_predictions"].count == 1
+        assert modem.assistance["pgps_predictions"].last == predictions
+        assert server.requests == [("/15160-40655_15167-40655.bin", None)]
+        assert device.pgps.counters["downloads_succeeded"] == 1
         assert assistance.counters == {
             "agnss_served": 1,
             "agnss_rejected": 0,

@@ -33,6 +33,7 @@ from actors.util import Reboot, UtilActor
 from backends.aws import AwsIotBackend
 from backends.base import CloudBackend
 from backends.mqtt_transport import MqttSettings
+from backends.pgps import PgpsDownloader
 from backends.scripted import Connect, Refuse, ScriptedBackend
 from protocols.app import ShutdownReason
 from state.firmware import FirmwareStore
@@ -91,7 +92,7 @@ def make_backend(
             settings,
             legacy_topics=aws.legacy_topics,
             firmware=firmware,
-            http_ca_file=aws.fota_ca_file,
+            http_ca_file=aws.download_ca_file,
         )
     raise UnsupportedCloud(
         f"cloud.service = {config.cloud.service!r}: no backend for this cloud "
@@ -111,6 +112,7 @@ class Device:
     modem: ModemActor
     app: AppActor
     supervisor: Supervisor
+    pgps: PgpsDownloader
 
     @property
     def actors(self) -> list[Actor]:
@@ -133,6 +135,10 @@ def build_device(
 
     ``firmware`` gives the modem's application version and the cloud
     module's image confirmation.
+
+    The P-GPS replies go to a ``PgpsDownloader``, supervised right after
+    the backend, which records each reply with the modem and downloads the
+    prediction file it names (``"pgps_predictions"``).
     """
     bus = Bus()
     backend = backend if backend is not None else make_backend(config, firmware)
@@ -152,6 +158,9 @@ def build_device(
         attach_delay=config.modem.attach_delay,
         outages=[(outage.at, outage.duration) for outage in config.modem.outages],
     )
+    pgps = PgpsDownloader(
+        modem.receive_assistance, ca_file=config.cloud.aws.download_ca_file
+    )
     cloud = CloudActor(
         bus,
         backend=backend,
@@ -160,7 +169,7 @@ def build_device(
         ),
         network_info=modem.current_network,
         agnss_sink=functools.partial(modem.receive_assistance, "agnss"),
-        pgps_sink=functools.partial(modem.receive_assistance, "pgps"),
+        pgps_sink=pgps.handle,
         confirm_image=None if firmware is None else firmware.confirm,
     )
     data = DataActor(
@@ -179,10 +188,14 @@ def build_device(
                 actor.last_error = f"crashed: {exc!r}"
 
     supervisor = Supervisor(
-        [("backend", backend), *((actor.name, actor) for actor in actors)],
+        [
+            ("backend", backend),
+            ("pgps", pgps),
+            *((actor.name, actor) for actor in actors),
+        ],
         on_restart=record_restart,
     )
-    return Device(bus, backend, util, cloud, data, modem, app, supervisor)
+    return Device(bus, backend, util, cloud, data, modem, app, supervisor, pgps)
 
 
 @attrs.define(eq=False)
