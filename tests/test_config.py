@@ -699,10 +699,10 @@ class TestAwsTopicVariant:
 
 class TestFotaCaFile:
     def test_empty_means_system_store(self) -> None:
-        """An empty fota_ca_file leaves the download verified by system CAs."""
-        config = parse_config('[cloud.aws]\nfota_ca_file = ""\n')
+        """An empty download_ca_file leaves the download verified by system CAs."""
+        config = parse_config('[cloud.aws]\ndownload_ca_file = ""\n')
 
-        assert config.cloud.aws.fota_ca_file is None
+        assert config.cloud.aws.download_ca_file is None
 
     def test_relative_path_resolved_and_checked(self, tmp_path: Path) -> None:
         """The file is resolved beside tracker.toml and must exist for AWS."""
@@ -713,12 +713,13 @@ class TestFotaCaFile:
             'ca_file = "ca.pem"\ncert_file = "cert.pem"\nkey_file = "key.pem"\n'
         )
         good = tmp_path / "good.toml"
-        good.write_text(aws + 'fota_ca_file = "bucket.pem"\n')
+        good.write_text(aws + 'download_ca_file = "bucket.pem"\n')
         bad = tmp_path / "bad.toml"
-        bad.write_text(aws + 'fota_ca_file = "missing.pem"\n')
+        bad.write_text(aws + 'download_ca_file = "missing.pem"\n')
 
         config = load_config(good)
 
-        assert config.cloud.aws.fota_ca_file == tmp_path / "bucket.pem"
-        with pytest.raises(ConfigError, match=r"cloud\.aws\.fota_ca_file = \"missing"):
+        assert config.cloud.aws.download_ca_file == tmp_path / "bucket.pem"
+        expected = r"cloud\.aws\.download_ca_file = \"missing"
+        with pytest.raises(ConfigError, match=expected):
             load_config(bad)

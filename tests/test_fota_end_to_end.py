@@ -43,7 +43,7 @@ class TestFotaEndToEnd:
         server = FileServer(files, server_context)
         text = aws_config(mosquitto_broker, mqtt_pki, tmp_path, IMEI)
         text = text.replace(
-            "[modem]", f'fota_ca_file = "{mqtt_pki.ca_file}"\n[modem]'
+            "[modem]", f'download_ca_file = "{mqtt_pki.ca_file}"\n[modem]'
         )
         config = parse_config(text + "[util]\nack_reboot_delay = 1\n")
         jobs = JobsService()

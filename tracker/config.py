@@ -351,8 +351,9 @@ class AwsConfig:
         cert_file: The device certificate (PEM).
         key_file: The device's private key (PEM).
         keepalive: CONFIG_MQTT_KEEPALIVE, in seconds.
-        fota_ca_file: The CA certificate (PEM) that signs the firmware
-            download server; empty means the system's CA certificates
+        download_ca_file: The CA certificate (PEM) that signs the servers
+            the device downloads from (firmware images, P-GPS predictions);
+            empty means the system's CA certificates
             (CONFIG_AWS_FOTA_DOWNLOAD_SECURITY_TAG).
         legacy_topics: Use the topic names of older firmware releases
             (``<id>/ncellmeas``, ``<id>/agps/get``, ``<id>/agps``) instead
@@ -365,7 +366,7 @@ class AwsConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive: int = attrs.field(default=1200, validator=_positive)
-    fota_ca_file: Path | None = None
+    download_ca_file: Path | None = None
     legacy_topics: bool = False
 
 
@@ -934,16 +935,16 @@ def _resolve(config: Config, name: str, base: Path, source: Path | None) -> Conf
                     f"{path} {problem} (relative paths start at {base})",
                 )
 
-    fota_ca = cloud.aws.fota_ca_file
-    if fota_ca is not None:
-        aws = attrs.evolve(cloud.aws, fota_ca_file=base / fota_ca)
+    download_ca = cloud.aws.download_ca_file
+    if download_ca is not None:
+        aws = attrs.evolve(cloud.aws, download_ca_file=base / download_ca)
         cloud = attrs.evolve(cloud, aws=aws)
-        if service == "aws" and not (base / fota_ca).is_file():
+        if service == "aws" and not (base / download_ca).is_file():
             raise ConfigError(
                 name,
-                "cloud.aws.fota_ca_file",
-                str(fota_ca),
-                f"{base / fota_ca} is not a file (relative paths start at {base})",
+                "cloud.aws.download_ca_file",
+                str(download_ca),
+                f"{base / download_ca} is not a file (relative paths start at {base})",
             )
 
     state = attrs.evolve(config.state, directory=base / config.state.directory)
