@@ -1,0 +1,185 @@
+"""The device's persistent state in SQLite: configuration and reboots.
+
+The firmware keeps its configuration in flash under ``data_module/config``
+and loses nothing else across a reboot that it needs.  The host keeps the
+same in one SQLite database, in WAL mode with ``synchronous=FULL``: every
+write is one transaction, so a process killed at any moment leaves either
+the old or the new value, never half of one.
+
+Schema versions
+---------------
+``PRAGMA user_version`` holds the schema version.  Opening a database runs
+every migration above its version, in order, each in its own transaction;
+a database written by a newer release (a version above the newest known
+here) is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from protocols.config import DeviceConfig, NoData
+
+# Each entry migrates the schema from its index to index + 1.
+MIGRATIONS: Final[Sequence[str]] = (
+    """
+    CREATE TABLE config (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE reboots (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        cause TEXT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+# The firmware's settings key for the configuration struct.
+CONFIG_KEY: Final = "data_module/config"
+
+
+class StateStoreError(Exception):
+    """The database cannot be used; the message names the file and why."""
+
+
+@attrs.frozen
+class RebootRecord:
+    """One reboot of the device, as kept across restarts of the service."""
+
+    at: float
+    reason: str
+    cause: str
+
+
+def _config_to_json(config: DeviceConfig) -> str:
+    return json.dumps(attrs.asdict(config), sort_keys=True)
+
+
+def _config_from_json(text: str) -> DeviceConfig:
+    raw = json.loads(text)
+    if not isinstance(raw, dict) or not isinstance(raw.get("no_data"), dict):
+        raise ValueError("not a configuration object")
+    fields = {field.name for field in attrs.fields(DeviceConfig)}
+    if set(raw) != fields:
+        raise ValueError(f"fields {sorted(raw)} differ from {sorted(fields)}")
+    config = DeviceConfig(**{**raw, "no_data": NoData(**raw["no_data"])})
+    for field in attrs.fields(DeviceConfig):
+        value = getattr(config, field.name)
+        default = getattr(DeviceConfig(), field.name)
+        # bool is an int subclass: compare the exact types, numbers aside.
+        if type(value) is not type(default) and not (
+            isinstance(default, float) and type(value) is int
+        ):
+            raise ValueError(f"{field.name} = {value!r} has the wrong type")
+    return config
+
+
+class StateStore:
+    """The persistent state of one device (module docstring).
+
+    Calls are synchronous and short (one small transaction each); callers
+    in Trio code run them with ``trio.to_thread.run_sync``, which is why the
+    connection may be used from a worker thread.  Calls are serialised by
+    SQLite's own locking.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateStoreError(f"{path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database; idempotent."""
+        self._db.close()
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StateStoreError(
+                f"{self.path}: schema version {version} is newer than this "
+                f"release knows ({SCHEMA_VERSION})"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            # executescript commits first; the migration and the version
+            # bump then go in one explicit transaction.
+            self._db.executescript(
+                f"BEGIN; {MIGRATIONS[target - 1]} PRAGMA user_version = {target}; "
+                "COMMIT;"
+            )
+
+    @property
+    def schema_version(self) -> int:
+        """The database's schema version."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    # -- configuration -------------------------------------------------
+
+    def load_config(self) -> DeviceConfig | None:
+        """The stored configuration, or None when none was stored yet.
+
+        Raises:
+          StateStoreError: the stored value is not a configuration; nothing
+            is changed, the caller decides to fall back to the defaults.
+        """
+        row = self._db.execute(
+            "SELECT value FROM config WHERE key = ?", (CONFIG_KEY,)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return _config_from_json(row[0])
+        except (ValueError, TypeError) as exc:
+            raise StateStoreError(
+                f"{self.path}: {CONFIG_KEY} is not a valid configuration: {exc}"
+            ) from exc
+
+    def save_config(self, config: DeviceConfig) -> None:
+        """Store ``config``, replacing the previous one, in one transaction."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO config (key, value, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+                "updated = excluded.updated",
+                (CONFIG_KEY, _config_to_json(config), time.time()),
+            )
+
+    # -- reboots -------------------------------------------------------
+
+    def record_reboot(self, reason: str, cause: str) -> None:
+        """Keep one reboot's reason and cause."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO reboots (at, reason, cause) VALUES (?, ?, ?)",
+                (time.time(), reason, cause),
+            )
+
+    def reboots(self) -> list[RebootRecord]:
+        """Every recorded reboot, oldest first."""
+        rows = self._db.execute("SELECT at, reason, cause FROM reboots ORDER BY id")
+        return [RebootRecord(*row) for row in rows]
+
+    def _transaction(self) -> Any:
+        # sqlite3's connection context manager commits or rolls back, but
+        # with isolation_level=None it needs an explicit BEGIN.
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
