@@ -88,10 +88,9 @@ def _config_from_json(text: str) -> DeviceConfig:
 class StateStore:
     """The persistent state of one device (module docstring).
 
-    Calls are synchronous and short (one small transaction each); callers
-    in Trio code run them with ``trio.to_thread.run_sync``, which is why the
-    connection may be used from a worker thread.  Calls are serialised by
-    SQLite's own locking.
+    Calls are synchronous and short (one small transaction each); a caller
+    on a hot path may run them in a worker thread, which is why the
+    connection may be used from another thread.
     """
 
     def __init__(self, path: Path) -> None:

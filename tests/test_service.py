@@ -28,6 +28,7 @@ from backends.base import CloudBackend
 from backends.scripted import Refuse, ScriptedBackend
 from protocols.app import ShutdownReason
 from protocols.base import Event
+from state.store import StateStore
 from tracker.config import Config, default_config, parse_config
 from tracker.service import Device, ExitCode, Service
 
@@ -379,3 +380,43 @@ class TestCommand:
         assert result.returncode == 2
         assert "cloud.aws.broker_host" in stderr
         assert str(config) in stderr
+
+
+class TestPersistentState:
+    async def test_reboots_are_recorded_in_the_state_database(
+        self, autojump_clock: trio.testing.MockClock, tmp_path: Path
+    ) -> None:
+        """Each reboot's reason and cause outlive the service process."""
+        config = parse_config(
+            '[cloud]\nconnect_retries = 0\nbackoff = "v2.9.0"\n'
+            f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+        )
+        service = Service(config, max_reboots=0, backend_factory=refusing_cloud)
+
+        with trio.fail_after(1000):
+            code = await service.run()
+
+        assert code == ExitCode.REBOOT_LIMIT
+        records = StateStore(tmp_path / "state" / "state.db").reboots()
+        assert [(r.reason, r.cause) for r in records] == [
+            ("generic", "CLOUD_EVT_ERROR(-101)")
+        ]
+
+    async def test_unusable_state_database_exits_2(self, tmp_path: Path) -> None:
+        """A state file that is not a database stops the service before start."""
+        state = tmp_path / "state"
+        state.mkdir()
+        (state / "state.db").write_bytes(b"garbage" * 1000)
+        config = write_config(tmp_path, "t.toml", f'[state]\ndirectory = "{state}"\n')
+
+        with trio.fail_after(REAL_LIMIT):
+            result = await trio.run_process(
+                [*TRACKER, "run", "--config", str(config)],
+                cwd=tmp_path,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+
+        assert result.returncode == ExitCode.CONFIG
+        assert str(state / "state.db") in result.stderr.decode()

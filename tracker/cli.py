@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import trio
 
+from state.store import StateStore, StateStoreError
 from tracker import __version__
 from tracker.config import Config, ConfigError, default_config, load_config
 from tracker.logs import configure_logging
@@ -74,18 +75,20 @@ def run(
     Exit codes:
       0    stopped by a signal, after every module acknowledged shutdown
       1    unexpected error
-      2    invalid configuration, or a cloud this build cannot reach
+      2    invalid configuration, a cloud this build cannot reach, or an
+           unusable state database
       3    more reboots than --max-reboots
       130  a second signal cut the shutdown short
     """
     try:
         config = _load(config_path)
         make_backend(config)
-    except (ConfigError, UnsupportedCloud) as exc:
+        state = StateStore(config.state.directory / "state.db")
+    except (ConfigError, UnsupportedCloud, StateStoreError) as exc:
         click.echo(f"tracker: {exc}", err=True)
         sys.exit(ExitCode.CONFIG)
     configure_logging(log_level or config.log.level, log_format or config.log.format)
-    service = Service(config, max_reboots=max_reboots)
+    service = Service(config, max_reboots=max_reboots, state=state)
     sys.exit(trio.run(run_until_signalled, service))
 
 

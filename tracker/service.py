@@ -37,6 +37,7 @@ from backends.pgps import PgpsDownloader
 from backends.scripted import Connect, Refuse, ScriptedBackend
 from protocols.app import ShutdownReason
 from state.firmware import FirmwareStore
+from state.store import StateStore
 from tracker.config import Config
 
 # Lazy: it follows whatever logging set-up is in force when it logs.
@@ -48,7 +49,7 @@ class ExitCode(enum.IntEnum):
 
     OK = 0  # stopped by SIGINT or SIGTERM through the shutdown protocol
     ERROR = 1  # an unexpected error outside any actor
-    CONFIG = 2  # the configuration file is invalid or names a missing cloud
+    CONFIG = 2  # invalid configuration, missing cloud, or unusable state
     REBOOT_LIMIT = 3  # more reboots than --max-reboots allowed
     FORCED = 130  # a second signal cut the shutdown short
 
@@ -222,6 +223,8 @@ class Service:
         )
     )
     reboots: list[Reboot] = attrs.field(init=False, factory=list)
+    # Opened by ``run`` unless given: a Service that never runs writes nothing.
+    state: StateStore | None = None
     # The shutdown that ended ``run`` with ``ExitCode.OK`` (reason SERVICE_STOP).
     stopped_by: Reboot | None = attrs.field(init=False, default=None)
     device: Device | None = attrs.field(init=False, default=None)
@@ -243,6 +246,17 @@ class Service:
         Logging: ``device_booted`` and ``device_rebooting`` at INFO and
         WARNING, ``service_stopped`` at INFO.
         """
+        if self.state is None:
+            self.state = StateStore(self.config.state.directory / "state.db")
+            earlier = self.state.reboots()
+            if earlier:
+                last = earlier[-1]
+                log.info(
+                    "reboots_so_far",
+                    count=len(earlier),
+                    last_reason=last.reason,
+                    last_cause=last.cause,
+                )
         while True:
             reboot = await self._boot()
             if reboot.reason is ShutdownReason.SERVICE_STOP:
@@ -250,6 +264,11 @@ class Service:
                 log.info("service_stopped", boots=len(self.reboots) + 1)
                 return ExitCode.OK
             self.reboots.append(reboot)
+            assert self.state is not None
+            # One small transaction between two boots, with no actor
+            # running: done inline (a worker thread would also let the
+            # autojump clock of the tests race past it).
+            self.state.record_reboot(reboot.reason.value, reboot.cause)
             log.warning(
                 "device_rebooting",
                 reboots=len(self.reboots),
