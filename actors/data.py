@@ -1,5 +1,7 @@
-"""The data actor: the device configuration's owner (``data_module.c``).
+"""The data actor: configuration, sample buffers and encoding (``data_module.c``).
 
+Configuration
+-------------
 This part of the data module decides which configuration the device runs
 with.  At ``APP_EVT_START`` it announces the configuration it booted with
 (``DATA_EVT_CONFIG_INIT``).  Every configuration the cloud sends
@@ -21,37 +23,132 @@ reported back (``DATA_EVT_CONFIG_SEND``), so the cloud's reported state is
 always the state the device runs: that is also the answer to a document
 without configuration (``CLOUD_EVT_CONFIG_EMPTY``).
 
-Sampling, the ring buffers and the encoding of sensor data belong to this
-module in the firmware too; they are not implemented yet.  The
-configuration is kept in memory only: it is lost on a restart of the
-service (the firmware keeps it in flash), which a later persistent store
-will fix.
+Buffers (spec §10.1, §10.4)
+---------------------------
+Every sample event is buffered in every state, in a ring per kind
+(``actors.ringbuffer``): a full ring overwrites its oldest entry, and an
+entry overwritten before it was sent is counted (``<buffer>_overwritten``
+in the counters and per buffer in the snapshot).  A button press or an
+impact also raises ``DATA_EVT_UI_DATA_READY`` / ``DATA_EVT_IMPACT_DATA_READY``.
+A disconnect loses nothing: entries simply stay queued.
+
+Sample requests (spec §10.3)
+----------------------------
+``APP_EVT_DATA_GET`` names the kinds wanted and a deadline; the
+``data_send_work`` timer enforces it.  ``DATA_EVT_DATA_READY`` goes out as
+soon as every requested kind has reported (ready, not ready or not
+supported), or at the deadline.  A location report arriving while no
+request is pending (typically after the deadline, when a method fallback
+finished late) raises a ``DATA_EVT_DATA_READY`` of its own, so the late fix
+is sent.  Unlike the firmware, which counts reports, a kind that reports
+twice counts once.
+
+Encoding (spec §10.5, wire.md §1.3-§1.5, §2.3-§2.5)
+-----------------------------------------------
+Only in ``STATE_CLOUD_CONNECTED`` and only while the date-time is valid;
+otherwise the data stays queued.  On ``DATA_EVT_DATA_READY`` the actor
+sends, in this order: the cloud-location request
+(``DATA_EVT_CLOUD_LOCATION_DATA_SEND``), the regular update with the newest
+queued entry of every buffer (``DATA_EVT_DATA_SEND``), and the batch with
+every entry still queued after that (``DATA_EVT_DATA_SEND_BATCH``).  A part
+with nothing in it is skipped.  A button press or impact is sent on its own
+at once when connected (``DATA_EVT_UI_DATA_SEND`` /
+``DATA_EVT_IMPACT_DATA_SEND``); otherwise it waits for the next
+``DATA_EVT_DATA_READY``, where the newest press goes in the regular update
+under ``btn`` and older ones in the batch.
+
+Time: samples carry the uptime in milliseconds, counted from the data
+actor's first start (``uptime_origin``).  At encode time the actor reads the
+wall clock and derives the boot time, ``boot_unix_ms = clock_ms -
+uptime_now_ms``, and each sample goes out as ``unix_ms = boot_unix_ms +
+uptime_ms`` (the firmware's ``date_time_uptime_to_unix_time_ms``).  The
+buffers keep the uptime, so a wall-clock step between two encodes moves
+every timestamp consistently.  On the host the wall clock is valid from the
+start, so ``date_time_valid`` defaults to True; the gate is kept for a
+device that has to obtain its time first (``date_time_obtained``).
+
+The configuration and the buffers are kept in memory only: both are lost
+on a restart of the service (the firmware keeps the configuration in flash
+and loses the buffers on a reboot as well).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final
+import errno
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, TypeVar
 
 import attrs
+import trio
 
+from actors.ringbuffer import BufferSizes, RingBuffer, SampleBuffers
 from actors.runtime import Actor, Priority
-from protocols.app import AppStart, UtilShutdownRequest
-from protocols.base import Module
+from actors.timer import Timer
+from protocols.app import (
+    AppConfigGet,
+    AppData,
+    AppDataGet,
+    AppStart,
+    UtilShutdownRequest,
+)
+from protocols.base import Module, Payload
 from protocols.cloud import (
     CloudConfigEmpty,
     CloudConfigReceived,
     CloudConnected,
     CloudDisconnected,
 )
-from protocols.codec import CloudCodec, CodecNotSupported
+from protocols.codec import CloudCodec, CodecNotSupported, NothingToSend
 from protocols.config import DeviceConfig
 from protocols.data import (
+    DataCloudLocationDataSend,
+    DataConfigGet,
     DataConfigInit,
     DataConfigReady,
     DataConfigSend,
+    DataDateTimeObtained,
     DataError,
+    DataImpactDataReady,
+    DataImpactDataSend,
+    DataReady,
+    DataSend,
+    DataSendBatch,
     DataShutdownReady,
+    DataUiDataReady,
+    DataUiDataSend,
 )
+from protocols.json_codec import Flavour
+from protocols.json_data import (
+    Battery,
+    Button,
+    Impact,
+    encode_batch,
+    encode_cloud_location,
+    encode_regular,
+    encode_ui_message,
+)
+from protocols.modem import (
+    ModemBatteryDataNotReady,
+    ModemDynamicDataNotReady,
+    ModemDynamicDataReady,
+    ModemStaticDataNotReady,
+    ModemStaticDataReady,
+)
+from protocols.peripherals import (
+    LocationCloudLocationDataReady,
+    LocationDataNotReady,
+    LocationGnssDataReady,
+    LocationTimeout,
+    SensorEnvironmentalDataReady,
+    SensorEnvironmentalNotSupported,
+    SensorFuelGaugeNotSupported,
+    SensorFuelGaugeReady,
+    SensorMovementImpactDetected,
+    UiButtonDataReady,
+)
+
+_T = TypeVar("_T")
 
 # Fields the firmware only accepts when greater than zero.
 POSITIVE_FIELDS: Final = (
@@ -60,6 +157,9 @@ POSITIVE_FIELDS: Final = (
     "movement_resolution",
     "movement_timeout",
 )
+
+# APP_DATA_NUMBER_OF_TYPES_MAX: the longest request list accepted.
+DATA_TYPES_MAX: Final = len(AppData)
 
 
 def merge_config(
@@ -82,9 +182,27 @@ def merge_config(
     return attrs.evolve(current, **changes), refused
 
 
+def _to_unix(item: _T, offset_ms: int) -> _T:
+    """A copy of ``item`` with its uptime timestamp moved to UNIX ms."""
+    stamp: int = item.timestamp  # type: ignore[attr-defined]
+    return attrs.evolve(item, timestamp=stamp + offset_ms)  # type: ignore[misc]
+
+
+def _encode_button(button: Button) -> bytes:
+    return encode_ui_message(button=button)
+
+
+def _encode_impact(impact: Impact) -> bytes:
+    return encode_ui_message(impact=impact)
+
+
+# --------------------------------------------------------------------------
+# The actor
+
+
 @attrs.define(eq=False)
 class DataActor(Actor):
-    """The data module's configuration handling (module docstring).
+    """The data module (module docstring).
 
     Args:
       codec: encodes the configuration report for the selected cloud; a
@@ -94,6 +212,14 @@ class DataActor(Actor):
       config_before_connected: answer a configuration-less document even
         while the cloud is not connected (nRF Cloud needs the report before
         it declares the session ready).
+      flavour: the JSON layout of the data documents (AWS or Azure); None
+        for a cloud that takes no JSON data documents (the scripted and
+        LwM2M backends): samples are then buffered but never encoded.
+      buffer_sizes: entries per ring (defaults: the Kconfig defaults).
+      clock: the wall clock in UNIX seconds, read at encode time.
+      uptime_origin: the Trio time that is uptime 0 for the samples; None
+        takes the actor's first start.
+      date_time_valid: whether the wall clock can be trusted yet.
     """
 
     name: ClassVar[str] = "data"
@@ -114,19 +240,42 @@ class DataActor(Actor):
     codec: CloudCodec = attrs.field(kw_only=True)
     config: DeviceConfig = attrs.field(kw_only=True, factory=DeviceConfig)
     config_before_connected: bool = attrs.field(kw_only=True, default=False)
+    flavour: Flavour | None = attrs.field(kw_only=True, default=Flavour.AWS)
+    buffer_sizes: BufferSizes = attrs.field(kw_only=True, factory=BufferSizes)
+    clock: Callable[[], float] = attrs.field(kw_only=True, default=time.time)
+    uptime_origin: float | None = attrs.field(kw_only=True, default=None)
+    date_time_valid: bool = attrs.field(kw_only=True, default=True)
+
+    buffers: SampleBuffers = attrs.field(init=False)
+    # The kinds the pending request waits for, and those reported so far.
+    requested: tuple[AppData, ...] = attrs.field(init=False, default=())
+    received: set[AppData] = attrs.field(init=False, factory=set)
+    data_send_work: Timer = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.state = "STATE_CLOUD_DISCONNECTED"
+        self.buffers = SampleBuffers.create(self.buffer_sizes)
+        self.data_send_work = self.timers.add("data_send_work", self._deadline)
+
+    async def on_start(self) -> None:
+        """Fix the uptime origin at the first start (not on restarts)."""
+        if self.uptime_origin is None:
+            self.uptime_origin = trio.current_time()
 
     async def handle(self, message: Any) -> None:
-        """Track the cloud connection and handle configuration events."""
+        """Dispatch one event by the state machine of spec §10.2."""
         if self.state == "STATE_SHUTDOWN":
             return
+        if self._buffer(message) or self._track(message):
+            return
+        connected = self.state == "STATE_CLOUD_CONNECTED"
         match message:
             case AppStart():
                 self.log.info("config_init", **attrs.asdict(self.config))
                 self.emit(DataConfigInit(self.config))
+            case AppDataGet(data_list=data_list, timeout=timeout):
+                self._request(data_list, timeout)
             case CloudConnected():
                 self.state = "STATE_CLOUD_CONNECTED"
             case CloudDisconnected():
@@ -134,12 +283,37 @@ class DataActor(Actor):
             case CloudConfigReceived(config=received):
                 self._apply(received)
             case CloudConfigEmpty():
-                connected = self.state == "STATE_CLOUD_CONNECTED"
                 if connected or self.config_before_connected:
                     self._send_config()
+            case AppConfigGet() if connected:
+                self.emit(DataConfigGet())
+            case DataReady() if connected:
+                self._encode_data()
+            case DataUiDataReady() if connected:
+                self._encode_message(self.buffers.ui, _encode_button, DataUiDataSend)
+            case DataImpactDataReady() if connected:
+                ring = self.buffers.impact
+                self._encode_message(ring, _encode_impact, DataImpactDataSend)
             case UtilShutdownRequest():
+                self.data_send_work.cancel()
                 self.emit(DataShutdownReady(self.id))
                 self.state = "STATE_SHUTDOWN"
+
+    def date_time_obtained(self) -> None:
+        """Open the date-time gate; emit ``DATA_EVT_DATE_TIME_OBTAINED`` once."""
+        if self.date_time_valid:
+            return
+        self.date_time_valid = True
+        self.log.info("date_time_obtained")
+        self.emit(DataDateTimeObtained())
+
+    def uptime_ms(self) -> int:
+        """Milliseconds since the uptime origin (0 before the first start)."""
+        if self.uptime_origin is None:
+            return 0
+        return round((trio.current_time() - self.uptime_origin) * 1000)
+
+    # -- configuration ----------------------------------------------------
 
     def _apply(self, received: DeviceConfig) -> None:
         merged, refused = merge_config(self.config, received)
@@ -160,6 +334,230 @@ class DataActor(Actor):
             return
         self.emit(DataConfigSend(payload))
 
+    # -- buffering (all states) -------------------------------------------
+
+    def _store(self, ring: RingBuffer[_T], item: _T) -> None:
+        if ring.add(item):
+            self.counters[f"{ring.name}_overwritten"] += 1
+            self.log.warning(
+                "sample_overwritten", buffer=ring.name, total=ring.overwritten
+            )
+        self.log.debug("sample_buffered", buffer=ring.name, queued=ring.queued_count)
+
+    def _buffer(self, message: Any) -> bool:
+        """Buffer a sample event; return whether ``message`` was one."""
+        match message:
+            case UiButtonDataReady(button_number=number, timestamp=ts):
+                self._store(self.buffers.ui, Button(number, ts))
+                self.emit(DataUiDataReady())
+            case SensorMovementImpactDetected(magnitude=magnitude, timestamp=ts):
+                self._store(self.buffers.impact, Impact(magnitude, ts))
+                self.emit(DataImpactDataReady())
+            case ModemStaticDataReady(data=data):
+                self._store(self.buffers.modem_static, data)
+                self._status_set(AppData.MODEM_STATIC)
+            case ModemDynamicDataReady(data=data):
+                self._store(self.buffers.modem_dynamic, data)
+                self._status_set(AppData.MODEM_DYNAMIC)
+            case SensorFuelGaugeReady(battery_level=level, timestamp=ts):
+                self._store(self.buffers.battery, Battery(level, ts))
+                self._status_set(AppData.BATTERY)
+            case SensorEnvironmentalDataReady(data=data):
+                self._store(self.buffers.sensors, data)
+                self._status_set(AppData.ENVIRONMENTAL)
+            case LocationGnssDataReady(data=data):
+                self._store(self.buffers.gnss, data)
+                self._status_set(AppData.LOCATION)
+            case LocationCloudLocationDataReady(request=request):
+                self._store(self.buffers.cloud_location, request)
+                self._status_set(AppData.LOCATION)
+            case _:
+                return False
+        return True
+
+    # -- sample-request tracking ------------------------------------------
+
+    def _track(self, message: Any) -> bool:
+        """Count a "not ready / not supported" report; return whether it was one."""
+        match message:
+            case ModemStaticDataNotReady():
+                self._status_set(AppData.MODEM_STATIC)
+            case ModemDynamicDataNotReady():
+                self._status_set(AppData.MODEM_DYNAMIC)
+            case SensorFuelGaugeNotSupported() | ModemBatteryDataNotReady():
+                self._status_set(AppData.BATTERY)
+            case SensorEnvironmentalNotSupported():
+                self._status_set(AppData.ENVIRONMENTAL)
+            case LocationDataNotReady() | LocationTimeout():
+                self._status_set(AppData.LOCATION)
+            case _:
+                return False
+        return True
+
+    def _request(self, data_list: tuple[AppData, ...], timeout: int) -> None:
+        if 0 < len(data_list) <= DATA_TYPES_MAX:
+            self.requested = tuple(data_list)
+            self.received = set()
+        else:
+            self.log.error("data_list_invalid", count=len(data_list))
+        # As the firmware, the deadline is (re)armed even for a refused list.
+        self.data_send_work.reschedule(timeout)
+        kinds = [t.value for t in data_list]
+        self.log.debug("data_requested", types=kinds, timeout=timeout)
+
+    def _status_set(self, kind: AppData) -> None:
+        if not self.data_send_work.pending:
+            # A late location (after the deadline or a method fallback)
+            # gets a send of its own; other late kinds wait for the next.
+            if kind is AppData.LOCATION:
+                self.counters["late_location"] += 1
+                self._data_ready("late_location")
+            return
+        if kind in self.requested:
+            self.received.add(kind)
+        if self.received >= set(self.requested):
+            self._data_ready("complete")
+
+    def _deadline(self) -> None:
+        # Runs in the timer task: it only publishes, which never blocks.
+        self._data_ready("deadline")
+
+    def _data_ready(self, reason: str) -> None:
+        missing = [t.value for t in self.requested if t not in self.received]
+        self.log.debug("data_ready", reason=reason, missing=missing)
+        self.requested = ()
+        self.received = set()
+        self.data_send_work.cancel()
+        self.emit(DataReady())
+
+    # -- encoding (CLOUD_CONNECTED) ---------------------------------------
+
+    def _can_encode(self) -> bool:
+        if self.flavour is None:
+            return False
+        if not self.date_time_valid:
+            self.counters["encode_deferred_no_time"] += 1
+            self.log.info("encode_deferred", reason="date-time not valid")
+            return False
+        return True
+
+    def _offset_ms(self) -> int:
+        """``boot_unix_ms``: the wall clock now minus the uptime now."""
+        return round(self.clock() * 1000) - self.uptime_ms()
+
+    def _encode_data(self) -> None:
+        if not self._can_encode():
+            return
+        assert self.flavour is not None
+        offset = self._offset_ms()
+        buffers = self.buffers
+        try:
+            request = buffers.cloud_location.latest()
+            if request is not None:
+                self._send_part(
+                    DataCloudLocationDataSend,
+                    lambda: encode_cloud_location(_to_unix(request, offset)),
+                )
+                buffers.cloud_location.take_latest()
+
+            newest = {
+                key: None if item is None else _to_unix(item, offset)
+                for key, item in (
+                    ("btn", buffers.ui.latest()),
+                    ("impact", buffers.impact.latest()),
+                    ("dev", buffers.modem_static.latest()),
+                    ("roam", buffers.modem_dynamic.latest()),
+                    ("gnss", buffers.gnss.latest()),
+                    ("env", buffers.sensors.latest()),
+                    ("bat", buffers.battery.latest()),
+                )
+            }
+            flavour = self.flavour
+            self._send_part(DataSend, lambda: encode_regular(flavour, **newest))
+            for ring in self._data_rings():
+                ring.take_latest()
+
+            queued = {
+                key: [_to_unix(item, offset) for item in ring.queued()]
+                for key, ring in zip(_BATCH_KEYS, self._data_rings(), strict=True)
+            }
+            self._send_part(DataSendBatch, lambda: encode_batch(**queued))
+            for ring in self._data_rings():
+                ring.take_queued()
+        except ValueError as exc:
+            self._encode_failed(exc)
+
+    def _data_rings(self) -> list[RingBuffer[Any]]:
+        # In the order of _BATCH_KEYS.
+        b = self.buffers
+        return [
+            b.modem_static, b.modem_dynamic, b.gnss, b.sensors, b.ui, b.impact,
+            b.battery,
+        ]  # fmt: skip
+
+    def _send_part(
+        self, event: Callable[[Payload], Any], encode: Callable[[], bytes]
+    ) -> None:
+        """Encode one part and publish it; an empty part is skipped."""
+        try:
+            data = encode()
+        except NothingToSend:
+            return
+        self.counters[f"sent_{event.__name__}"] += 1  # type: ignore[attr-defined]
+        self.emit(event(Payload(data)))
+
+    def _encode_message(
+        self,
+        ring: RingBuffer[_T],
+        encode: Callable[[_T], bytes],
+        event: Callable[[Payload], Any],
+    ) -> None:
+        if not self._can_encode():
+            return
+        item = ring.latest()
+        if item is None:
+            # Already sent with a regular update or an earlier message.
+            return
+        stamped = _to_unix(item, self._offset_ms())
+        try:
+            data = encode(stamped)
+        except ValueError as exc:
+            self._encode_failed(exc)
+            return
+        ring.take_latest()
+        self.counters[f"sent_{event.__name__}"] += 1  # type: ignore[attr-defined]
+        self.emit(event(Payload(data)))
+
+    def _encode_failed(self, exc: ValueError) -> None:
+        # The firmware raises DATA_EVT_ERROR and aborts the encode (util
+        # then reboots); the entries stay queued.
+        # XXX: an entry the codec can never encode (a non-numeric mccmnc)
+        # stays queued, so the same error recurs at every DATA_READY until
+        # it is overwritten or the service restarts.
+        self.counters["encode_errors"] += 1
+        self.last_error = f"encode failed: {exc}"
+        self.log.error("encode_failed", reason=str(exc))
+        self.emit(DataError(-errno.EINVAL))
+
+    # -- observation -------------------------------------------------------
+
     def snapshot_extra(self) -> dict[str, Any]:
-        """The configuration in force."""
-        return {"config": attrs.asdict(self.config)}
+        """The configuration in force and the fill of every buffer."""
+        return {
+            "config": attrs.asdict(self.config),
+            "date_time_valid": self.date_time_valid,
+            "requested": [t.value for t in self.requested],
+            "buffers": {
+                name: {
+                    "size": ring.size,
+                    "stored": len(ring),
+                    "queued": ring.queued_count,
+                    "overwritten": ring.overwritten,
+                }
+                for name, ring in self.buffers.rings().items()
+            },
+        }
+
+
+# The batch's key order (wire.md §2.4), matched by DataActor._data_rings.
+_BATCH_KEYS: Final = ("dev", "roam", "gnss", "env", "btn", "impact", "bat")
