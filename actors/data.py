@@ -67,9 +67,9 @@ every timestamp consistently.  On the host the wall clock is valid from the
 start, so ``date_time_valid`` defaults to True; the gate is kept for a
 device that has to obtain its time first (``date_time_obtained``).
 
-The configuration and the buffers are kept in memory only: both are lost
-on a restart of the service (the firmware keeps the configuration in flash
-and loses the buffers on a reboot as well).
+A changed configuration is handed to ``persist`` (the service stores it in
+its SQLite state, as the firmware writes it to flash).  The buffers live in
+memory only: like the firmware's, they are lost on a reboot.
 """
 
 from __future__ import annotations
@@ -245,6 +245,11 @@ class DataActor(Actor):
     clock: Callable[[], float] = attrs.field(kw_only=True, default=time.time)
     uptime_origin: float | None = attrs.field(kw_only=True, default=None)
     date_time_valid: bool = attrs.field(kw_only=True, default=True)
+    # Called with every configuration that changed (the firmware writes it
+    # to flash under data_module/config); a failure is only logged there too.
+    persist: Callable[[DeviceConfig], None] | None = attrs.field(
+        kw_only=True, default=None
+    )
 
     buffers: SampleBuffers = attrs.field(init=False)
     # The kinds the pending request waits for, and those reported so far.
@@ -324,8 +329,19 @@ class DataActor(Actor):
         if merged != self.config:
             self.config = merged
             self.log.info("config_applied", **attrs.asdict(merged))
+            self._persist(merged)
             self.emit(DataConfigReady(merged))
         self._send_config()
+
+    def _persist(self, config: DeviceConfig) -> None:
+        if self.persist is None:
+            return
+        try:
+            self.persist(config)
+        except Exception as exc:  # the store's failure must not stop the device
+            self.counters["config_persist_failures"] += 1
+            self.last_error = f"config not persisted: {exc}"
+            self.log.error("config_persist_failed", error=str(exc))
 
     def _send_config(self) -> None:
         try:

@@ -124,7 +124,8 @@ BAD_SETTINGS = [
         "reboot = 1\n",
         "reboot",
         "1",
-        "unknown key (expected one of device, cloud, modem, util, log, state)",
+        "unknown key (expected one of device, cloud, modem, sources, util, log, state, "
+        "debug)",
         id="unknown-top-level-key",
     ),
     pytest.param(

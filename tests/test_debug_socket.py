@@ -31,7 +31,7 @@ from tracker.service import ExitCode, Service
 
 # Real seconds any one wait may take.
 LIMIT = 10
-ACTORS = {"util", "cloud", "data", "modem", "app"}
+ACTORS = {"util", "cloud", "data", "modem", "location", "sensor", "ui", "app"}
 ACTOR_FIELDS = {
     "name",
     "state",

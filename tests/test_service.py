@@ -152,7 +152,7 @@ class TestReboot:
         assert first.supervisor is not second.supervisor
         old_ids = {actor.id for actor in first.actors}
         new_ids = {actor.id for actor in second.actors}
-        assert len(old_ids) == len(new_ids) == 5
+        assert len(old_ids) == len(new_ids) == 8
         assert old_ids.isdisjoint(new_ids)
         for old, new in zip(first.actors, second.actors, strict=True):
             assert old is not new
@@ -213,12 +213,10 @@ class TestStop:
         )
         [boot] = boots
         device = boot.device
-        assert device.util.acknowledged == {
-            device.cloud.id,
-            device.data.id,
-            device.modem.id,
-            device.app.id,
+        assert device.util.acknowledged == {actor.id for actor in device.actors} - {
+            device.util.id
         }
+        assert len(device.util.acknowledged) == 7
         assert device.util.awaiting_ack == set()
         assert boot.times("UTIL_EVT_SHUTDOWN_REQUEST") == [10]
         names = [event.spec_name for _, event in boot.seen]
@@ -226,7 +224,10 @@ class TestStop:
             "APP_EVT_SHUTDOWN_READY",
             "CLOUD_EVT_SHUTDOWN_READY",
             "DATA_EVT_SHUTDOWN_READY",
+            "LOCATION_MODULE_EVT_SHUTDOWN_READY",
             "MODEM_EVT_SHUTDOWN_READY",
+            "SENSOR_EVT_SHUTDOWN_READY",
+            "UI_EVT_SHUTDOWN_READY",
         ]
 
     async def test_stop_before_boot_stops_the_first_boot(
@@ -338,9 +339,12 @@ class TestCommand:
             "APP_EVT_SHUTDOWN_READY",
             "CLOUD_EVT_SHUTDOWN_READY",
             "DATA_EVT_SHUTDOWN_READY",
+            "LOCATION_MODULE_EVT_SHUTDOWN_READY",
             "MODEM_EVT_SHUTDOWN_READY",
+            "SENSOR_EVT_SHUTDOWN_READY",
+            "UI_EVT_SHUTDOWN_READY",
         ]
-        assert [r["waiting"] for r in acks] == [3, 2, 1, 0]
+        assert [r["waiting"] for r in acks] == [6, 5, 4, 3, 2, 1, 0]
         assert "shutdown_unacknowledged" not in names
 
     async def test_retries_out_of_range_is_a_config_error(self, tmp_path: Path) -> None:
@@ -420,3 +424,37 @@ class TestPersistentState:
 
         assert result.returncode == ExitCode.CONFIG
         assert str(state / "state.db") in result.stderr.decode()
+
+
+class TestConfigPersistence:
+    async def test_cloud_config_survives_a_restart_of_the_service(
+        self, autojump_clock: trio.testing.MockClock, tmp_path: Path
+    ) -> None:
+        """A configuration applied in one run is the next run's boot config."""
+        config = parse_config(f'[state]\ndirectory = "{tmp_path / "state"}"\n')
+        first = Service(config)
+        with trio.fail_after(100):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first.run)
+                await first.booted.wait()
+                await trio.sleep(10)
+                assert first.device is not None
+                backend = first.device.backend
+                assert isinstance(backend, ScriptedBackend)
+                backend.receive(b'{"cfg":{"act":false,"mvres":60}}')
+                await trio.sleep(1)
+                first.request_stop()
+
+        second = Service(config)
+        with trio.fail_after(100):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(second.run)
+                await second.booted.wait()
+                await trio.sleep(1)
+                device = second.device
+                second.request_stop()
+
+        assert device is not None
+        assert device.data.config.active_mode is False
+        assert device.data.config.movement_resolution == 60
+        assert device.app.sub_state == "SUB_STATE_PASSIVE_MODE"

@@ -51,6 +51,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from actors.backoff import BACKOFF_TABLES as _TABLES
 from actors.backoff import MAX_CONNECT_RETRIES
 from actors.modem import luhn_check_digit
+from actors.route import RouteError, load_route
 
 
 __all__ = [
@@ -91,6 +92,7 @@ DEFAULT_LWM2M_PSK: Final = "000102030405060708090a0b0c0d0e0f"
 SERVICES: Final = ("aws", "azure", "nrf_cloud", "lwm2m", "simulated")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
+MOVEMENT_KINDS: Final = ("activity", "inactivity", "impact")
 
 # The firmware's build-time assert is CONFIG_CLOUD_CONNECT_RETRIES < 14.
 _MAX_CONNECT_RETRIES: Final = MAX_CONNECT_RETRIES
@@ -620,6 +622,85 @@ class ModemConfig:
 
 
 @attrs.frozen
+class ButtonPress:
+    """One ``[[sources.presses]]`` entry: a scripted button press.
+
+    Attributes:
+        at: Seconds after start.
+        button: The button number (1 or 2 on the development kits).
+    """
+
+    at: float = attrs.field(validator=_not_negative)
+    button: int = attrs.field(default=1, validator=_between(1, 4))
+
+
+@attrs.frozen
+class MovementEvent:
+    """One ``[[sources.movement]]`` entry: scripted accelerometer output.
+
+    Attributes:
+        at: Seconds after start.
+        kind: "activity", "inactivity" or "impact".
+        magnitude: The impact's magnitude in G (impacts only).
+    """
+
+    at: float = attrs.field(validator=_not_negative)
+    kind: str = attrs.field(validator=_one_of(*MOVEMENT_KINDS))
+    magnitude: float = attrs.field(default=0.0, validator=_not_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind == "impact" and self.magnitude <= 0:
+            raise _Invalid(
+                ("magnitude",), self.magnitude, "an impact needs a magnitude > 0 (G)"
+            )
+
+
+@attrs.frozen
+class SourcesConfig:
+    """The ``[sources]`` table: the simulated GNSS, sensors and buttons.
+
+    Attributes:
+        seed: Makes every simulated value reproducible.
+        route: A GPX or NMEA file the GNSS follows; empty: a built-in loop.
+        agnss: Whether the GNSS asks for A-GNSS data before its first fix.
+        environmental: Whether the device has environmental sensors.
+        fuel_gauge: Whether the device has a fuel gauge.
+        presses: Scripted button presses.
+        movement: Scripted movement and impacts.
+    """
+
+    seed: int = 0
+    route: Path | None = None
+    agnss: bool = True
+    environmental: bool = True
+    fuel_gauge: bool = True
+    presses: tuple[ButtonPress, ...] = ()
+    movement: tuple[MovementEvent, ...] = ()
+
+
+@attrs.frozen
+class DebugConfig:
+    """The ``[debug]`` table: the debug websocket (``tracker.debug``).
+
+    Attributes:
+        enabled: Serve the debug websocket.
+        host: The address to listen on; loopback unless you mean otherwise.
+        port: The TCP port (0: any free port).
+        interval: Seconds between snapshots.
+        recent: How many recent bus events each snapshot carries.
+        send_timeout: Seconds a client may take to accept a snapshot
+            before it is dropped.
+    """
+
+    enabled: bool = False
+    host: str = attrs.field(default="127.0.0.1", validator=_host)
+    port: int = attrs.field(default=8765, validator=_between(0, 65535))
+    interval: float = attrs.field(default=1.0, validator=_positive)
+    recent: int = attrs.field(default=20, validator=_not_negative)
+    send_timeout: float = attrs.field(default=5.0, validator=_positive)
+
+
+@attrs.frozen
 class UtilConfig:
     """The ``[util]`` table: the reboot sequence of the util module.
 
@@ -667,18 +748,22 @@ class Config:
         device: The ``[device]`` table.
         cloud: The ``[cloud]`` table and its per-service tables.
         modem: The ``[modem]`` table.
+        sources: The ``[sources]`` table.
         util: The ``[util]`` table.
         log: The ``[log]`` table.
         state: The ``[state]`` table.
+        debug: The ``[debug]`` table.
         source: The absolute path of the file this was loaded from, or None.
     """
 
     device: DeviceConfig = attrs.Factory(DeviceConfig)
     cloud: CloudConfig = attrs.Factory(CloudConfig)
     modem: ModemConfig = attrs.Factory(ModemConfig)
+    sources: SourcesConfig = attrs.Factory(SourcesConfig)
     util: UtilConfig = attrs.Factory(UtilConfig)
     log: LogConfig = attrs.Factory(LogConfig)
     state: StateConfig = attrs.Factory(StateConfig)
+    debug: DebugConfig = attrs.Factory(DebugConfig)
     source: Path | None = attrs.field(default=None, metadata={_NOT_IN_FILE: True})
 
     @property
@@ -947,8 +1032,26 @@ def _resolve(config: Config, name: str, base: Path, source: Path | None) -> Conf
                 f"{base / download_ca} is not a file (relative paths start at {base})",
             )
 
+    sources = config.sources
+    if sources.route is not None:
+        route = base / sources.route
+        if not route.is_file():
+            raise ConfigError(
+                name,
+                "sources.route",
+                str(sources.route),
+                f"{route} is not a file (relative paths start at {base})",
+            )
+        try:
+            load_route(route)
+        except (RouteError, OSError) as exc:
+            raise ConfigError(name, "sources.route", str(sources.route), str(exc))
+        sources = attrs.evolve(sources, route=route)
+
     state = attrs.evolve(config.state, directory=base / config.state.directory)
-    return attrs.evolve(config, cloud=cloud, state=state, source=source)
+    return attrs.evolve(
+        config, cloud=cloud, sources=sources, state=state, source=source
+    )
 
 
 def _parse(text: str, name: str, base: Path, source: Path | None) -> Config:

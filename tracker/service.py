@@ -27,7 +27,17 @@ from actors.backoff import ReconnectBackoff
 from actors.cloud import CloudActor
 from actors.data import DataActor
 from actors.modem import ModemActor, SimulatedModem
+from actors.route import default_route, load_route
 from actors.runtime import Actor, ActorSnapshot, Bus
+from actors.sources import (
+    ButtonPress,
+    LocationActor,
+    Movement,
+    SensorActor,
+    SimulatedGnss,
+    SimulatedSensors,
+    UiActor,
+)
 from actors.supervisor import RestartLimitExceeded, Supervisor, first_leaf
 from actors.util import Reboot, UtilActor
 from backends.aws import AwsIotBackend
@@ -36,8 +46,9 @@ from backends.mqtt_transport import MqttSettings
 from backends.pgps import PgpsDownloader
 from backends.scripted import Connect, Refuse, ScriptedBackend
 from protocols.app import ShutdownReason
+from protocols.config import DeviceConfig
 from state.firmware import FirmwareStore
-from state.store import StateStore
+from state.store import StateStore, StateStoreError
 from tracker.config import Config
 
 # Lazy: it follows whatever logging set-up is in force when it logs.
@@ -114,11 +125,17 @@ class Device:
     app: AppActor
     supervisor: Supervisor
     pgps: PgpsDownloader
+    location: LocationActor
+    sensor: SensorActor
+    ui: UiActor
 
     @property
     def actors(self) -> list[Actor]:
         """The module actors, in start order."""
-        return [self.util, self.cloud, self.data, self.modem, self.app]
+        return [
+            self.util, self.cloud, self.data, self.modem,
+            self.location, self.sensor, self.ui, self.app,
+        ]  # fmt: skip
 
     def snapshot(self) -> list[ActorSnapshot]:
         """Every actor's snapshot, in start order."""
@@ -131,11 +148,15 @@ def build_device(
     *,
     backend: CloudBackend | None = None,
     firmware: FirmwareStore | None = None,
+    initial_config: DeviceConfig | None = None,
+    persist_config: Callable[[DeviceConfig], None] | None = None,
 ) -> Device:
     """Wire a fresh tree from ``config``; nothing runs until it is supervised.
 
     ``firmware`` gives the modem's application version and the cloud
-    module's image confirmation.
+    module's image confirmation; ``initial_config`` is the device
+    configuration to boot with (the stored one) and ``persist_config``
+    stores every change of it.
 
     The P-GPS replies go to a ``PgpsDownloader``, supervised right after
     the backend, which records each reply with the modem and downloads the
@@ -173,13 +194,34 @@ def build_device(
         pgps_sink=pgps.handle,
         confirm_image=None if firmware is None else firmware.confirm,
     )
+    sources = config.sources
+    route = default_route() if sources.route is None else load_route(sources.route)
+    location = LocationActor(
+        bus, gnss=SimulatedGnss(route=route, seed=sources.seed), agnss=sources.agnss
+    )
+    sensor = SensorActor(
+        bus,
+        sensors=SimulatedSensors(
+            seed=sources.seed,
+            environmental=sources.environmental,
+            fuel_gauge=sources.fuel_gauge,
+        ),
+        movement=[
+            Movement(m.at, m.kind, m.magnitude) for m in sources.movement
+        ],
+    )
+    ui = UiActor(bus, presses=[ButtonPress(p.at, p.button) for p in sources.presses])
     data = DataActor(
         bus,
         codec=backend.codec,
         config_before_connected=backend.config_before_connected,
+        # Only the JSON clouds encode sample documents.
+        flavour=getattr(backend.codec, "flavour", None),
+        config=initial_config or DeviceConfig(),
+        persist=persist_config,
     )
     app = AppActor(bus)
-    actors: list[Actor] = [util, cloud, data, modem, app]
+    actors: list[Actor] = [util, cloud, data, modem, location, sensor, ui, app]
     util.register_shutdown(a.id for a in actors if a.supports_shutdown)
 
     def record_restart(name: str, exc: BaseException) -> None:
@@ -196,7 +238,10 @@ def build_device(
         ],
         on_restart=record_restart,
     )
-    return Device(bus, backend, util, cloud, data, modem, app, supervisor, pgps)
+    return Device(
+        bus, backend, util, cloud, data, modem, app, supervisor, pgps,
+        location, sensor, ui,
+    )  # fmt: skip
 
 
 @attrs.define(eq=False)
@@ -279,6 +324,19 @@ class Service:
                 log.error("reboot_limit_reached", max_reboots=self.max_reboots)
                 return ExitCode.REBOOT_LIMIT
 
+    def _stored_config(self) -> DeviceConfig | None:
+        """The configuration the last boot stored, if it is usable."""
+        if self.state is None:
+            return None
+        try:
+            return self.state.load_config()
+        except StateStoreError as exc:
+            # The device boots with the defaults, as the firmware does when
+            # its flash holds no valid settings; the next change overwrites
+            # the bad value.
+            log.error("stored_config_unusable", error=str(exc))
+            return None
+
     async def _boot(self) -> Reboot:
         outcome: list[Reboot] = []
         rebooting = trio.Event()
@@ -299,7 +357,12 @@ class Service:
             else self.backend_factory(self.config)
         )
         device = build_device(
-            self.config, on_reboot, backend=backend, firmware=self.firmware
+            self.config,
+            on_reboot,
+            backend=backend,
+            firmware=self.firmware,
+            initial_config=self._stored_config(),
+            persist_config=None if self.state is None else self.state.save_config,
         )
         try:
             async with trio.open_nursery() as nursery:
