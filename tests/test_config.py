@@ -724,3 +724,42 @@ class TestFotaCaFile:
         expected = r"cloud\.aws\.download_ca_file = \"missing"
         with pytest.raises(ConfigError, match=expected):
             load_config(bad)
+
+
+class TestSourcesAndDebug:
+    def test_scripted_sources_parse(self) -> None:
+        """Presses and movement are read in order with their fields."""
+        config = parse_config(
+            "[sources]\nseed = 7\n"
+            "[[sources.presses]]\nat = 10.0\nbutton = 2\n"
+            '[[sources.movement]]\nat = 5.0\nkind = "impact"\nmagnitude = 3.5\n'
+        )
+
+        assert config.sources.seed == 7
+        assert [(p.at, p.button) for p in config.sources.presses] == [(10.0, 2)]
+        [impact] = config.sources.movement
+        assert (impact.at, impact.kind, impact.magnitude) == (5.0, "impact", 3.5)
+
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ('[[sources.movement]]\nat = 1\nkind = "shake"\n', "kind"),
+            ('[[sources.movement]]\nat = 1\nkind = "impact"\n', "magnitude"),
+            ("[[sources.presses]]\nat = 1\nbutton = 9\n", "button"),
+            ("[debug]\nport = 70000\n", "debug.port"),
+            ("[debug]\ninterval = 0\n", "debug.interval"),
+        ],
+    )
+    def test_bad_values_name_the_key(self, text: str, key: str) -> None:
+        """Each bad source or debug value is refused by its key."""
+        with pytest.raises(ConfigError, match=key):
+            parse_config(text)
+
+    def test_route_file_is_parsed_at_load(self, tmp_path: Path) -> None:
+        """A route that is not GPX or NMEA fails before anything starts."""
+        (tmp_path / "route.gpx").write_text("not a route\n")
+        path = tmp_path / "t.toml"
+        path.write_text('[sources]\nroute = "route.gpx"\n')
+
+        with pytest.raises(ConfigError, match="sources.route.*not an NMEA sentence"):
+            load_config(path)
