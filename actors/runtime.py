@@ -41,8 +41,6 @@ import trio
 from actors.timer import TimerGroup
 from protocols.base import ErrorBase, Event, Module
 
-
-
 _module_ids = itertools.count(1)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import attrs
 
+from protocols.base import Payload
 from protocols.codec import (
     CloudCodec,
     ConfigDuplicate,
@@ -27,7 +28,6 @@ from protocols.codec import (
     NotAConfigDocument,
     NothingToSend,
 )
-from protocols.base import Payload
 from protocols.config import DeviceConfig, NoData
 from protocols.modem import ModemDynamicData
 from protocols.peripherals import AgnssRequest, PgpsRequest

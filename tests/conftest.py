@@ -8,7 +8,6 @@ import pytest
 
 # ---------------------------------------------------------------------------
 # MQTT: a real Mosquitto broker with mutual TLS (tests/mosquitto.py)
-
 from tests.mosquitto import mosquitto_broker, mqtt_pki
 
 __all__ = ["mosquitto_broker", "mqtt_pki"]

@@ -17,7 +17,6 @@ from tracker.config import (
     parse_config,
 )
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -24,8 +24,13 @@ from tracker.config import Config, ConfigError, default_config, load_config
 from tracker.debug import DEFAULT_PORT, DebugServer
 from tracker.inspect import inspect
 from tracker.logs import configure_logging
-from tracker.service import ExitCode, Service, UnsupportedCloud, make_backend
-from tracker.service import run_until_signalled
+from tracker.service import (
+    ExitCode,
+    Service,
+    UnsupportedCloud,
+    make_backend,
+    run_until_signalled,
+)
 
 DEFAULT_CONFIG = Path("tracker.toml")
 

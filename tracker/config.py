@@ -53,7 +53,6 @@ from actors.backoff import MAX_CONNECT_RETRIES
 from actors.modem import luhn_check_digit
 from actors.route import RouteError, load_route
 
-
 __all__ = [
     "BACKOFF_TABLES",
     "DEFAULT_IMEI",
@@ -1045,7 +1044,9 @@ def _resolve(config: Config, name: str, base: Path, source: Path | None) -> Conf
         try:
             load_route(route)
         except (RouteError, OSError) as exc:
-            raise ConfigError(name, "sources.route", str(sources.route), str(exc))
+            raise ConfigError(
+                name, "sources.route", str(sources.route), str(exc)
+            ) from exc
         sources = attrs.evolve(sources, route=route)
 
     state = attrs.evolve(config.state, directory=base / config.state.directory)

@@ -50,8 +50,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
-from trio_websocket import serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
 
 from actors.runtime import ActorSnapshot
 from protocols.app import AppDataGetAll

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Final, TextIO, cast
 import structlog
 import trio
 
-
 if TYPE_CHECKING:
     from structlog.typing import (
         EventDict,
