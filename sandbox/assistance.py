@@ -57,13 +57,11 @@ import attrs
 import structlog
 import trio
 
-from backends.errors import BackendBroken, BackendError
 from backends.mqtt_transport import (
-    MqttDisconnected,
     MqttMessage,
     MqttSession,
-    open_mqtt_session,
 )
+from sandbox._service import run_service
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -422,38 +420,20 @@ class AssistanceService:
             WARNING ``assistance_request_rejected`` (with ``reason``),
             ``assistance_unexpected_topic``, ``assistance_service_lost``.
         """
-        async with open_mqtt_session(settings) as session:
-            granted = await session.subscribe(REQUEST_SUBSCRIPTIONS)
-            refused = [
-                topic
-                for (topic, _qos), code in zip(
-                    REQUEST_SUBSCRIPTIONS, granted, strict=True
-                )
-                if code >= 0x80
-            ]
-            if refused:
-                raise BackendError(f"the broker refused the subscriptions {refused}")
-            self._session = session
-            try:
-                log.info("assistance_service_ready", client_id=settings.client_id)
-                task_status.started()
-                await self._serve(session)
-            finally:
-                self._session = None
+        await run_service(
+            "assistance",
+            settings,
+            REQUEST_SUBSCRIPTIONS,
+            self._on_message,
+            self._set_session,
+            task_status=task_status,
+        )
 
-    async def _serve(self, session: MqttSession) -> None:
-        async for event in session.incoming:
-            match event:
-                case MqttMessage(topic=topic, payload=payload):
-                    await self._handle(session, topic, payload)
-                case MqttDisconnected(reason=reason):
-                    log.warning("assistance_service_lost", reason=reason)
-                    raise BackendBroken(
-                        f"the assistance service lost the broker: {reason}"
-                    )
-                case _:
-                    pass  # PUBACKs of our replies, PINGRESPs
-        raise BackendBroken("the assistance service's MQTT session ended")
+    def _set_session(self, session: MqttSession | None) -> None:
+        self._session = session
+
+    async def _on_message(self, session: MqttSession, message: MqttMessage) -> None:
+        await self._handle(session, message.topic, message.payload)
 
     async def _handle(self, session: MqttSession, topic: str, payload: bytes) -> None:
         parsed = parse_request_topic(topic)

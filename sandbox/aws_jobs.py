@@ -86,14 +86,12 @@ import attrs
 import structlog
 import trio
 
-from backends.errors import BackendBroken, BackendError
 from backends.mqtt_transport import (
-    MqttDisconnected,
     MqttMessage,
     MqttSession,
     MqttSettings,
-    open_mqtt_session,
 )
+from sandbox._service import run_service
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -598,24 +596,17 @@ class JobsService:
             INFO ``jobs_service_ready``; WARNING ``jobs_service_lost``,
             ``jobs_unexpected_topic``; plus what ``_publish()`` logs.
         """
-        async with open_mqtt_session(settings) as session:
-            granted = await session.subscribe(REQUEST_SUBSCRIPTIONS)
-            refused = [
-                topic
-                for (topic, _qos), code in zip(
-                    REQUEST_SUBSCRIPTIONS, granted, strict=True
-                )
-                if code >= 0x80
-            ]
-            if refused:
-                raise BackendError(f"the broker refused the subscriptions {refused}")
-            self._session = session
-            try:
-                log.info("jobs_service_ready", client_id=settings.client_id)
-                task_status.started()
-                await self._serve(session)
-            finally:
-                self._session = None
+        await run_service(
+            "jobs",
+            settings,
+            REQUEST_SUBSCRIPTIONS,
+            self._on_message,
+            self._set_session,
+            task_status=task_status,
+        )
+
+    def _set_session(self, session: MqttSession | None) -> None:
+        self._session = session
 
     async def create_job(
         self, job_id: str, document: JsonObject, things: Iterable[str]
@@ -678,21 +669,12 @@ class JobsService:
     def _now(self) -> int:
         return int(self.clock())
 
-    async def _serve(self, session: MqttSession) -> None:
-        async for event in session.incoming:
-            match event:
-                case MqttMessage(topic=topic, payload=payload):
-                    request = parse_request_topic(topic)
-                    if request is None:
-                        log.warning("jobs_unexpected_topic", topic=topic)
-                        continue
-                    await self._apply(*request, payload)
-                case MqttDisconnected(reason=reason):
-                    log.warning("jobs_service_lost", reason=reason)
-                    raise BackendBroken(f"the jobs service lost the broker: {reason}")
-                case _:
-                    pass  # PUBACKs of our replies, PINGRESPs
-        raise BackendBroken("the jobs service's MQTT session ended")
+    async def _on_message(self, session: MqttSession, message: MqttMessage) -> None:
+        request = parse_request_topic(message.topic)
+        if request is None:
+            log.warning("jobs_unexpected_topic", topic=message.topic)
+            return
+        await self._apply(*request, message.payload)
 
     async def _apply(
         self, thing: str, job_id: str, operation: str, request: bytes

@@ -65,14 +65,12 @@ import attrs
 import structlog
 import trio
 
-from backends.errors import BackendBroken, BackendError
 from backends.mqtt_transport import (
-    MqttDisconnected,
     MqttMessage,
     MqttSession,
     MqttSettings,
-    open_mqtt_session,
 )
+from sandbox._service import run_service
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -559,24 +557,17 @@ class ShadowService:
             INFO ``shadow_service_ready``; WARNING ``shadow_service_lost``,
             ``shadow_unexpected_topic``; plus what ``_apply()`` logs.
         """
-        async with open_mqtt_session(settings) as session:
-            granted = await session.subscribe(REQUEST_SUBSCRIPTIONS)
-            refused = [
-                topic
-                for (topic, _qos), code in zip(
-                    REQUEST_SUBSCRIPTIONS, granted, strict=True
-                )
-                if code >= 0x80
-            ]
-            if refused:
-                raise BackendError(f"the broker refused the subscriptions {refused}")
-            self._session = session
-            try:
-                log.info("shadow_service_ready", client_id=settings.client_id)
-                task_status.started()
-                await self._serve(session)
-            finally:
-                self._session = None
+        await run_service(
+            "shadow",
+            settings,
+            REQUEST_SUBSCRIPTIONS,
+            self._on_message,
+            self._set_session,
+            task_status=task_status,
+        )
+
+    def _set_session(self, session: MqttSession | None) -> None:
+        self._session = session
 
     async def set_desired(self, thing: str, desired: JsonObject) -> list[Reply]:
         """Update the desired state, as a backend's UPDATE request would.
@@ -598,22 +589,13 @@ class ShadowService:
         request = dumps({"state": {"desired": desired}})
         return await self._apply(thing, "update", request)
 
-    async def _serve(self, session: MqttSession) -> None:
-        async for event in session.incoming:
-            match event:
-                case MqttMessage(topic=topic, payload=payload):
-                    request = parse_request_topic(topic)
-                    if request is None:
-                        log.warning("shadow_unexpected_topic", topic=topic)
-                        continue
-                    thing, operation = request
-                    await self._apply(thing, operation, payload)
-                case MqttDisconnected(reason=reason):
-                    log.warning("shadow_service_lost", reason=reason)
-                    raise BackendBroken(f"the shadow service lost the broker: {reason}")
-                case _:
-                    pass  # PUBACKs of our replies, PINGRESPs
-        raise BackendBroken("the shadow service's MQTT session ended")
+    async def _on_message(self, session: MqttSession, message: MqttMessage) -> None:
+        request = parse_request_topic(message.topic)
+        if request is None:
+            log.warning("shadow_unexpected_topic", topic=message.topic)
+            return
+        thing, operation = request
+        await self._apply(thing, operation, message.payload)
 
     async def _apply(self, thing: str, operation: str, request: bytes) -> list[Reply]:
         """Apply one request to the store and publish its replies in order.
