@@ -9,7 +9,9 @@ handling differs; this module is the rest.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import ClassVar
 
+import attrs
 import structlog
 import trio
 
@@ -79,3 +81,47 @@ async def run_service(
             raise BackendBroken(f"the {name} service's MQTT session ended")
         finally:
             on_session(None)
+
+
+@attrs.define(eq=False)
+class SandboxService:
+    """Base class of the sandbox services: one session, requests in order.
+
+    Subclasses set ``name`` and ``subscriptions`` and implement
+    ``_on_message``.
+    """
+
+    name: ClassVar[str]
+    subscriptions: ClassVar[Sequence[tuple[str, int]]]
+
+    _session: MqttSession | None = attrs.field(default=None, init=False)
+
+    @property
+    def running(self) -> bool:
+        """Whether the service is connected and serving requests."""
+        return self._session is not None
+
+    async def run(
+        self,
+        settings: MqttSettings,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect, subscribe to the request topics and serve until cancelled.
+
+        See ``run_service``; a malformed request never ends the service.
+        """
+        await run_service(
+            self.name,
+            settings,
+            self.subscriptions,
+            self._on_message,
+            self._set_session,
+            task_status=task_status,
+        )
+
+    def _set_session(self, session: MqttSession | None) -> None:
+        self._session = session
+
+    async def _on_message(self, session: MqttSession, message: MqttMessage) -> None:
+        raise NotImplementedError

@@ -51,22 +51,20 @@ from __future__ import annotations
 import json
 import random
 import struct
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
 
 import attrs
 import structlog
-import trio
 
 from backends.mqtt_transport import (
     MqttMessage,
     MqttSession,
 )
-from sandbox._service import run_service
+from sandbox._service import SandboxService
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
-    from backends.mqtt_transport import MqttSettings
 
 
 log = structlog.get_logger(actor="sandbox.assistance")
@@ -352,13 +350,16 @@ class Served:
 
 
 @attrs.define(eq=False)
-class AssistanceService:
+class AssistanceService(SandboxService):
     """A-GNSS and P-GPS relay as an MQTT client of a broker.
 
     ``served`` lists the answered requests in order; ``counters`` has
     ``served`` and ``rejected`` per kind (``agnss``, ``pgps``).  Every
     A-GNSS answer uses ``seed``, so equal requests get equal bytes.
     """
+
+    name: ClassVar[str] = "assistance"
+    subscriptions: ClassVar[Sequence[tuple[str, int]]] = REQUEST_SUBSCRIPTIONS
 
     seed: int = 0
     pgps_host: str = DEFAULT_PGPS_HOST
@@ -373,12 +374,6 @@ class AssistanceService:
         },
         init=False,
     )
-    _session: MqttSession | None = attrs.field(default=None, init=False)
-
-    @property
-    def running(self) -> bool:
-        """Whether the service is connected and serving requests."""
-        return self._session is not None
 
     def answer(self, kind: str, payload: bytes) -> tuple[Any, list[bytes]]:
         """Decode a request of ``kind`` and build its reply payloads.
@@ -392,45 +387,6 @@ class AssistanceService:
         pgps = decode_pgps_request(payload)
         document = pgps_response(pgps, self.pgps_host, self.pgps_path_template)
         return pgps, [json.dumps(document, separators=(",", ":")).encode()]
-
-    async def run(
-        self,
-        settings: MqttSettings,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Connect, subscribe to the request topics and serve until cancelled.
-
-        Reports ready through ``task_status`` (no value) once the
-        subscriptions are granted.  Requests are answered one at a time, in
-        arrival order; an invalid one never ends the service.
-
-        Raises:
-            BackendError: a subscription was refused, or a connection error
-                from ``open_mqtt_session()``.
-            BackendBroken: the broker or the network ended the session.
-
-        Cancellation:
-            The session is closed (DISCONNECT); a request being answered
-            may have some of its messages unpublished and is not in
-            ``served``.
-
-        Logging:
-            INFO ``assistance_service_ready``, ``assistance_served``;
-            WARNING ``assistance_request_rejected`` (with ``reason``),
-            ``assistance_unexpected_topic``, ``assistance_service_lost``.
-        """
-        await run_service(
-            "assistance",
-            settings,
-            REQUEST_SUBSCRIPTIONS,
-            self._on_message,
-            self._set_session,
-            task_status=task_status,
-        )
-
-    def _set_session(self, session: MqttSession | None) -> None:
-        self._session = session
 
     async def _on_message(self, session: MqttSession, message: MqttMessage) -> None:
         await self._handle(session, message.topic, message.payload)

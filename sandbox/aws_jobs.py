@@ -80,7 +80,7 @@ import copy
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
 
 import attrs
 import structlog
@@ -89,12 +89,11 @@ import trio
 from backends.mqtt_transport import (
     MqttMessage,
     MqttSession,
-    MqttSettings,
 )
-from sandbox._service import run_service
+from sandbox._service import SandboxService
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
 
 log = structlog.get_logger(actor="sandbox.jobs")
@@ -551,7 +550,7 @@ REQUEST_SUBSCRIPTIONS: Final = [
 
 
 @attrs.define(eq=False)
-class JobsService:
+class JobsService(SandboxService):
     """The Jobs service as an MQTT client of a broker.
 
     ``store`` may be read (and seeded) directly; requests from MQTT,
@@ -560,53 +559,13 @@ class JobsService:
     never interleave.
     """
 
+    name: ClassVar[str] = "jobs"
+    subscriptions: ClassVar[Sequence[tuple[str, int]]] = REQUEST_SUBSCRIPTIONS
+
     store: JobStore = attrs.field(factory=JobStore)
     clock: Callable[[], float] = attrs.field(default=time.time)
     requests: int = attrs.field(default=0, init=False)
-    _session: MqttSession | None = attrs.field(default=None, init=False)
     _lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock, init=False)
-
-    @property
-    def running(self) -> bool:
-        """Whether the service is connected and serving requests."""
-        return self._session is not None
-
-    async def run(
-        self,
-        settings: MqttSettings,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Connect, subscribe to the request topics and serve until cancelled.
-
-        Reports ready through ``task_status`` (no value) once the
-        subscriptions are granted.  A malformed request is answered on its
-        ``rejected`` topic and never ends the service.
-
-        Raises:
-            BackendError: a subscription was refused, or a connection error
-                from ``open_mqtt_session()``.
-            BackendBroken: the broker or the network ended the session.
-
-        Cancellation:
-            The session is closed (DISCONNECT); a request being applied when
-            cancelled may be in the store with some replies unpublished.
-
-        Logging:
-            INFO ``jobs_service_ready``; WARNING ``jobs_service_lost``,
-            ``jobs_unexpected_topic``; plus what ``_publish()`` logs.
-        """
-        await run_service(
-            "jobs",
-            settings,
-            REQUEST_SUBSCRIPTIONS,
-            self._on_message,
-            self._set_session,
-            task_status=task_status,
-        )
-
-    def _set_session(self, session: MqttSession | None) -> None:
-        self._session = session
 
     async def create_job(
         self, job_id: str, document: JsonObject, things: Iterable[str]

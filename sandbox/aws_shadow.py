@@ -59,7 +59,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, TypeAlias
 
 import attrs
 import structlog
@@ -68,12 +68,11 @@ import trio
 from backends.mqtt_transport import (
     MqttMessage,
     MqttSession,
-    MqttSettings,
 )
-from sandbox._service import run_service
+from sandbox._service import SandboxService
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 
 log = structlog.get_logger(actor="sandbox.shadow")
@@ -513,7 +512,7 @@ REQUEST_SUBSCRIPTIONS: Final = [
 
 
 @attrs.define(eq=False)
-class ShadowService:
+class ShadowService(SandboxService):
     """The Device Shadow service as an MQTT client of a broker.
 
     ``store`` may be read (and seeded) directly; requests from MQTT and
@@ -521,53 +520,13 @@ class ShadowService:
     published before the next starts, so replies never interleave.
     """
 
+    name: ClassVar[str] = "shadow"
+    subscriptions: ClassVar[Sequence[tuple[str, int]]] = REQUEST_SUBSCRIPTIONS
+
     store: ShadowStore = attrs.field(factory=ShadowStore)
     clock: Callable[[], float] = attrs.field(default=time.time)
     requests: int = attrs.field(default=0, init=False)
-    _session: MqttSession | None = attrs.field(default=None, init=False)
     _lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock, init=False)
-
-    @property
-    def running(self) -> bool:
-        """Whether the service is connected and serving requests."""
-        return self._session is not None
-
-    async def run(
-        self,
-        settings: MqttSettings,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Connect, subscribe to the request topics and serve until cancelled.
-
-        Reports ready through ``task_status`` (no value) once the
-        subscriptions are granted.  A malformed request is answered on its
-        ``rejected`` topic and never ends the service.
-
-        Raises:
-            BackendError: a subscription was refused, or a connection error
-                from ``open_mqtt_session()``.
-            BackendBroken: the broker or the network ended the session.
-
-        Cancellation:
-            The session is closed (DISCONNECT); a request being applied when
-            cancelled may be in the store with some replies unpublished.
-
-        Logging:
-            INFO ``shadow_service_ready``; WARNING ``shadow_service_lost``,
-            ``shadow_unexpected_topic``; plus what ``_apply()`` logs.
-        """
-        await run_service(
-            "shadow",
-            settings,
-            REQUEST_SUBSCRIPTIONS,
-            self._on_message,
-            self._set_session,
-            task_status=task_status,
-        )
-
-    def _set_session(self, session: MqttSession | None) -> None:
-        self._session = session
 
     async def set_desired(self, thing: str, desired: JsonObject) -> list[Reply]:
         """Update the desired state, as a backend's UPDATE request would.
