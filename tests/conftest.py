@@ -21,3 +21,25 @@ __all__ = ["mosquitto_broker", "mqtt_pki"]
 @pytest.fixture(autouse=True)
 def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# Logging: structlog's default ConsoleRenderer formats exceptions with rich
+# (locals included) whenever rich is installed, which on the service's big
+# frames takes minutes and gigabytes.  Tests get plain tracebacks.
+
+
+@pytest.fixture(autouse=True)
+def _plain_exception_logs() -> None:
+    import structlog
+
+    structlog.reset_defaults()
+    *head, _ = structlog.get_config()["processors"]
+    structlog.configure(
+        processors=[
+            *head,
+            structlog.dev.ConsoleRenderer(
+                exception_formatter=structlog.dev.plain_traceback
+            ),
+        ]
+    )

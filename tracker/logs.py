@@ -91,7 +91,11 @@ def configure_logging(
     # ConsoleRenderer formats exceptions itself (and warns when they arrive
     # preformatted), so format_exc_info only precedes the JSON renderer.
     if fmt == "console" or (fmt == "auto" and tty):
-        tail: list[Processor] = [structlog.dev.ConsoleRenderer(colors=tty)]
+        tail: list[Processor] = [
+            structlog.dev.ConsoleRenderer(
+                colors=tty, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     else:
         tail = [
             structlog.processors.format_exc_info,
