@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import enum
 import errno
+import fcntl
+import functools
 import io
 import json
 import math
+import os
 import pathlib
+import struct
+import termios
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TextIO
 
 import attrs
 import pytest
@@ -341,6 +346,40 @@ class TestSlowClients:
             nursery.cancel_scope.cancel()
 
 
+def fake_snapshot(*, error: str | None = None) -> dict[str, Any]:
+    """A snapshot message naming every actor, the cloud with ``error``."""
+    return {
+        "type": "snapshot",
+        "t": 5.0,
+        "boot": 1,
+        "reboots": [],
+        "actors": [
+            {
+                "name": name,
+                "state": "STATE_RUNNING",
+                "sub_state": None,
+                "mailbox": dict.fromkeys(MAILBOX_FIELDS, 0),
+                "counters": {"handled": 3},
+                "timers": {},
+                "last_error": error if name == "cloud" else None,
+                "restarts": 0,
+                "extra": {"next_attempt_at": None} if name == "cloud" else {},
+            }
+            for name in sorted(ACTORS)
+        ],
+        "recent": [],
+    }
+
+
+def open_terminal(*, lines: int, columns: int) -> tuple[int, TextIO]:
+    """A pseudo-terminal of that size: its master fd (non-blocking) and its
+    other end as a text file."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    os.set_blocking(master, False)
+    return master, open(slave, "w", encoding="utf-8")
+
+
 class TestInspect:
     async def test_once_renders_every_actor(self, rig: Rig) -> None:
         """``inspect(once=True)`` prints one table naming every actor."""
@@ -384,7 +423,26 @@ class TestInspect:
         assert "MODEM_EVT_ERROR" in text
         assert "connect_attempts=4" in text
         assert "CLOUD_EVT_DISCONNECTED" in text
+        # State prefixes dropped; depth/peak/capacity and overflows.
+        assert "LTE_CONNECTED / CLOUD_DISCONNECTED" in text
+        assert "STATE_" not in text
+        assert "1/1/1 !1" in text
 
+    @pytest.mark.parametrize("width", [150, 80])
+    def test_render_colour(self, width: int) -> None:
+        """Every actor is named; escape codes only when colour is on."""
+        snapshot = fake_snapshot(error="RuntimeError('[bold]x[/bold]')")
+        plain = render(snapshot, width=width)
+        for name in ACTORS:
+            assert name in plain
+        assert "\x1b[" not in plain
+        # Actor data is shown as it is, never read as rich markup.
+        assert "RuntimeError('[bold]x[/bold]')" in render(snapshot, width=150)
+        assert all(len(line) <= width for line in plain.splitlines())
+        coloured = render(snapshot, width=width, color=True)
+        assert "\x1b[" in coloured
+        for name in ACTORS:
+            assert name in coloured
 
     def test_render_without_a_device(self) -> None:
         """Between boots the table says so instead of failing."""
@@ -393,6 +451,50 @@ class TestInspect:
         )
         assert "no device booted" in text
         assert "no cloud actor" in text
+        assert "\x1b[" not in text
+
+    async def test_prints_each_snapshot_when_not_a_terminal(self, rig: Rig) -> None:
+        """Without ``once`` and a terminal, each snapshot is printed as text."""
+        out = io.StringIO()
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(inspect, rig.url, out=out))
+                # A StringIO has nothing to wait on but polling.
+                while out.getvalue().count("cloud next attempt") < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        text = out.getvalue()
+        for name in ACTORS:
+            assert name in text
+        assert "\x1b[" not in text
+
+    @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+    async def test_live_redraws_in_a_terminal(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a terminal, ``rich.live.Live`` redraws the table in place."""
+        for name in ("TTY_COMPATIBLE", "FORCE_COLOR", "NO_COLOR", "COLUMNS", "LINES"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("TERM", "xterm-256color")
+        master, tty = open_terminal(lines=60, columns=140)
+        received = bytearray()
+        with tty:
+            try:
+                with trio.fail_after(LIMIT):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(functools.partial(inspect, rig.url, out=tty))
+                        # Drain the terminal so that the writer never blocks.
+                        while received.count(b"cloud next attempt") < 3:
+                            await trio.lowlevel.wait_readable(master)
+                            received += os.read(master, 1 << 16)
+                        nursery.cancel_scope.cancel()
+            finally:
+                os.close(master)
+        text = received.decode("utf-8", errors="replace")
+        for name in ACTORS:
+            assert name in text
+        # Redrawn in place: the cursor moves up over the previous table.
+        assert "\x1b[1A" in text or "\x1b[A" in text
 
 
 class Colour(enum.Enum):
