@@ -29,6 +29,18 @@ after 1 s.  See ``actors.backoff`` for the table.
 
 Sends go through the QoS library (``actors.qos``): its announcements come
 back to this mailbox as ``CloudDataSendQos``, which never leaves the actor.
+
+Delivery reports (host only)
+----------------------------
+A payload may name the stored samples it carries (``Payload.sample_ids``).
+Their fate goes back to the data actor as host-only events: an
+acknowledged message, or a message without QoS once the backend took it,
+raises ``CloudDataDelivered``; a message the QoS library gives up
+(``expired``, ``pool_full``) raises ``CloudDataDropped`` with that reason;
+a send that never reached the backend (dropped while offline, a failed
+transmission of a message without QoS, a QoS-0 announcement while
+disconnected) raises ``CloudDataUnsent``, and the data actor queues the
+samples again, where the firmware would lose them.
 """
 
 from __future__ import annotations
@@ -55,7 +67,10 @@ from protocols.cloud import (
     CloudConnected,
     CloudConnecting,
     CloudConnectionTimeout,
+    CloudDataDelivered,
+    CloudDataDropped,
     CloudDataSendQos,
+    CloudDataUnsent,
     CloudDisconnected,
     CloudError,
     CloudFotaDone,
@@ -318,6 +333,9 @@ class CloudActor(Actor):
                         self.log.debug(
                             "qos_send_deferred", id=qos_message.id, reason="offline"
                         )
+                        self._report_unsent_qos0(qos_message)
+                else:
+                    self._report_unsent_qos0(qos_message)
             case LocationAgnssNeeded(request=request):
                 self._buffer_agnss(request)
             case _ if type(message) in _DATA_SENDS:
@@ -452,6 +470,14 @@ class CloudActor(Actor):
 
     def _on_qos_removed(self, message: QosMessage, why: str) -> None:
         self.counters[f"qos_{why}"] += 1
+        ids = message.payload.sample_ids
+        if ids:
+            if why == "acknowledged":
+                self.emit(CloudDataDelivered(ids))
+            elif why in ("expired", "pool_full"):
+                self.emit(CloudDataDropped(ids, why))
+            # "sent_without_ack": reported by _transmit once the backend
+            # took (or refused) the message.
         if why == "expired":
             self.log.warning(
                 "message_expired",
@@ -462,13 +488,23 @@ class CloudActor(Actor):
 
     async def _transmit(self, message: QosMessage) -> None:
         self.counters["transmissions"] += 1
-        await self._call_backend(
+        sent = await self._call_backend(
             _SENDERS[message.type], message.payload, message.ack_required, message.id
         )
+        ids = message.payload.sample_ids
+        if ids and not message.ack_required:
+            # No QoS: the backend taking it is all the device can know.
+            self.emit(CloudDataDelivered(ids) if sent else CloudDataUnsent(ids))
+
+    def _report_unsent_qos0(self, message: QosMessage) -> None:
+        # A message without QoS that is not transmitted now never will be.
+        if message.payload.sample_ids and not message.ack_required:
+            self.emit(CloudDataUnsent(message.payload.sample_ids))
 
     async def _call_backend(
         self, method: str, payload: Payload, ack: bool, message_id: int
-    ) -> None:
+    ) -> bool:
+        """Call the backend; return whether it took the message."""
         try:
             await getattr(self.backend, method)(payload, ack, message_id)
         except BackendError as exc:
@@ -477,12 +513,18 @@ class CloudActor(Actor):
             self.log.warning(
                 "send_failed", call=method, id=message_id, error=str(exc)
             )
+            return False
+        return True
 
     def _drop_send(self, message: Event) -> None:
         # The firmware ignores sends while the cloud is down (and leaks their
         # buffers); the data actor keeps its samples until they are sent.
         self.counters["sends_dropped_offline"] += 1
         self.log.info("send_dropped_offline", dropped=message.spec_name)
+        payload = getattr(message, "payload", None)
+        if isinstance(payload, Payload) and payload.sample_ids:
+            # The host does better: the data actor queues them again.
+            self.emit(CloudDataUnsent(payload.sample_ids))
 
     # -- assistance --------------------------------------------------------
 

@@ -68,18 +68,60 @@ start, so ``date_time_valid`` defaults to True; the gate is kept for a
 device that has to obtain its time first (``date_time_obtained``).
 
 A changed configuration is handed to ``persist`` (the service stores it in
-its SQLite state, as the firmware writes it to flash).  The buffers live in
-memory only: like the firmware's, they are lost on a reboot.
+its SQLite state, as the firmware writes it to flash).
+
+Persistence of samples (host only)
+----------------------------------
+The firmware's buffers live in RAM and are lost on a reboot.  Given a
+``store`` (the service's ``StateStore``), the host loses nothing it
+accepted: every sample is written to the store (state ``queued``, one
+committed transaction) *before* it enters its ring, and its row id rides
+along in a shadow ring of ids kept in lockstep with the sample ring.  Each
+row then moves, always in one transaction:
+
+* ``queued -> sent`` when the entry is encoded; the payload names its rows
+  (``Payload.sample_ids``);
+* ``sent -> delivered`` on ``CloudDataDelivered`` (the cloud acknowledged
+  the message, or a regular update without QoS was handed to the backend:
+  delivered as far as the device can know, as in the firmware);
+* ``sent -> dropped`` on ``CloudDataDropped`` with the QoS library's reason
+  (``expired``: unacknowledged after every retransmission; ``pool_full``);
+* ``queued -> dropped`` (reason ``ring_overwritten``) when the ring
+  overwrites an entry that was never sent: the ring-size policy;
+* ``sent -> queued`` on ``CloudDataUnsent`` (the send was dropped while the
+  cloud was offline, or never reached the backend): the entry is put back
+  in its ring and goes out with the next ``DATA_EVT_DATA_READY``.  The
+  firmware loses such data; the host chooses to keep it rather than record
+  a drop, since nothing was tried.
+
+At its first start the actor reloads every row still ``queued`` or
+``sent`` into its rings as queued, so what the previous process accepted
+but did not see delivered is sent again with the next batch (a ring too
+small for the backlog drops the oldest, ``ring_overwritten``), and the
+first ``CLOUD_EVT_CONNECTED`` after such a reload raises
+``DATA_EVT_DATA_READY`` at once rather than waiting for the next sample
+request (host only).  Rows keep
+the wall-clock boot time they were sampled under, so their timestamps are
+carried over to the new uptime base unchanged in UNIX time.
+
+Guarantee: at least once.  A kill after the cloud acknowledged a message
+but before ``delivered`` was committed resends those rows: the cloud may
+see them twice.  A regular update without QoS is counted delivered once the
+backend took it, so a loss on the wire after that is not seen.  A store
+failure is logged and counted (``sample_store_failures``) and the sample is
+kept in memory only.  Without a store the actor behaves as the firmware.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar, Final, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 import attrs
+import cattrs
 import trio
 
 from actors.ringbuffer import BufferSizes, RingBuffer, SampleBuffers
@@ -97,6 +139,9 @@ from protocols.cloud import (
     CloudConfigEmpty,
     CloudConfigReceived,
     CloudConnected,
+    CloudDataDelivered,
+    CloudDataDropped,
+    CloudDataUnsent,
     CloudDisconnected,
 )
 from protocols.codec import CloudCodec, CodecNotSupported, NothingToSend
@@ -130,12 +175,17 @@ from protocols.json_data import (
 )
 from protocols.modem import (
     ModemBatteryDataNotReady,
+    ModemDynamicData,
     ModemDynamicDataNotReady,
     ModemDynamicDataReady,
+    ModemStaticData,
     ModemStaticDataNotReady,
     ModemStaticDataReady,
 )
 from protocols.peripherals import (
+    CloudLocationRequest,
+    EnvironmentalData,
+    GnssData,
     LocationCloudLocationDataReady,
     LocationDataNotReady,
     LocationGnssDataReady,
@@ -149,6 +199,32 @@ from protocols.peripherals import (
 )
 
 _T = TypeVar("_T")
+
+# The sample type held by each ring (the store's ``kind`` is the ring name).
+_KINDS: Final[dict[str, type]] = {
+    "gnss": GnssData,
+    "sensors": EnvironmentalData,
+    "modem_dynamic": ModemDynamicData,
+    "ui": Button,
+    "impact": Impact,
+    "battery": Battery,
+    "modem_static": ModemStaticData,
+    "cloud_location": CloudLocationRequest,
+}
+_converter: Final = cattrs.Converter()
+
+
+class SampleStore(Protocol):
+    """What the data actor needs of ``state.store.StateStore``."""
+
+    def add_sample(self, kind: str, body: str) -> int: ...
+
+    def mark(
+        self, ids: Sequence[int], state: str, reason: str | None = None
+    ) -> None: ...
+
+    def pending_samples(self) -> list[tuple[int, str, str]]: ...
+
 
 # Fields the firmware only accepts when greater than zero.
 POSITIVE_FIELDS: Final = (
@@ -220,6 +296,9 @@ class DataActor(Actor):
       uptime_origin: the Trio time that is uptime 0 for the samples; None
         takes the actor's first start.
       date_time_valid: whether the wall clock can be trusted yet.
+      store: keeps every accepted sample until delivered or dropped, and
+        gives back the undelivered ones at the first start (module
+        docstring, "Persistence of samples"); None keeps RAM only.
     """
 
     name: ClassVar[str] = "data"
@@ -251,7 +330,16 @@ class DataActor(Actor):
         kw_only=True, default=None
     )
 
+    store: SampleStore | None = attrs.field(kw_only=True, default=None)
+
     buffers: SampleBuffers = attrs.field(init=False)
+    # The store id of every ring entry, in rings kept in lockstep with the
+    # sample rings (None: not stored).
+    sample_ids: dict[str, RingBuffer[int | None]] = attrs.field(init=False)
+    # Rows encoded and not yet reported on: id -> (ring name, sample).
+    in_flight: dict[int, tuple[str, Any]] = attrs.field(init=False, factory=dict)
+    _reloaded: bool = attrs.field(init=False, default=False)
+    _resend_on_connect: bool = attrs.field(init=False, default=False)
     # The kinds the pending request waits for, and those reported so far.
     requested: tuple[AppData, ...] = attrs.field(init=False, default=())
     received: set[AppData] = attrs.field(init=False, factory=set)
@@ -261,16 +349,23 @@ class DataActor(Actor):
         super().__attrs_post_init__()
         self.state = "STATE_CLOUD_DISCONNECTED"
         self.buffers = SampleBuffers.create(self.buffer_sizes)
+        self.sample_ids = {
+            name: RingBuffer[int | None](ring.size, name)
+            for name, ring in self.buffers.rings().items()
+        }
         self.data_send_work = self.timers.add("data_send_work", self._deadline)
 
     async def on_start(self) -> None:
         """Fix the uptime origin at the first start (not on restarts)."""
         if self.uptime_origin is None:
             self.uptime_origin = trio.current_time()
+        if not self._reloaded:
+            self._reloaded = True
+            self._reload()
 
     async def handle(self, message: Any) -> None:
         """Dispatch one event by the state machine of spec §10.2."""
-        if self.state == "STATE_SHUTDOWN":
+        if self._delivery(message) or self.state == "STATE_SHUTDOWN":
             return
         if self._buffer(message) or self._track(message):
             return
@@ -283,6 +378,10 @@ class DataActor(Actor):
                 self._request(data_list, timeout)
             case CloudConnected():
                 self.state = "STATE_CLOUD_CONNECTED"
+                if self._resend_on_connect:
+                    # Host only: what an earlier process left goes out now.
+                    self._resend_on_connect = False
+                    self._data_ready("reloaded")
             case CloudDisconnected():
                 self.state = "STATE_CLOUD_DISCONNECTED"
             case CloudConfigReceived(config=received):
@@ -353,6 +452,18 @@ class DataActor(Actor):
     # -- buffering (all states) -------------------------------------------
 
     def _store(self, ring: RingBuffer[_T], item: _T) -> None:
+        self._put(ring, item, self._record(ring.name, item))
+
+    def _put(self, ring: RingBuffer[_T], item: _T, sample_id: int | None) -> None:
+        ids = self.sample_ids[ring.name]
+        lost_id = None
+        if len(ids) == ids.size:
+            oldest, queued = ids.entries()[0]
+            if queued:
+                lost_id = oldest
+        ids.add(sample_id)
+        if lost_id is not None:
+            self._mark([lost_id], "dropped", "ring_overwritten")
         if ring.add(item):
             self.counters[f"{ring.name}_overwritten"] += 1
             self.log.warning(
@@ -470,11 +581,13 @@ class DataActor(Actor):
         try:
             request = buffers.cloud_location.latest()
             if request is not None:
-                self._send_part(
+                ring = buffers.cloud_location
+                sent = self._send_part(
                     DataCloudLocationDataSend,
                     lambda: encode_cloud_location(_to_unix(request, offset)),
+                    self._ids([self.sample_ids[ring.name].latest()]),
                 )
-                buffers.cloud_location.take_latest()
+                self._taken([self._take_latest(ring)], sent)
 
             newest = {
                 key: None if item is None else _to_unix(item, offset)
@@ -489,17 +602,37 @@ class DataActor(Actor):
                 )
             }
             flavour = self.flavour
-            self._send_part(DataSend, lambda: encode_regular(flavour, **newest))
-            for ring in self._data_rings():
-                ring.take_latest()
+            sent = self._send_part(
+                DataSend,
+                lambda: encode_regular(flavour, **newest),
+                self._ids(
+                    [self.sample_ids[r.name].latest() for r in self._data_rings()]
+                ),
+            )
+            self._taken([self._take_latest(r) for r in self._data_rings()], sent)
 
             queued = {
                 key: [_to_unix(item, offset) for item in ring.queued()]
                 for key, ring in zip(_BATCH_KEYS, self._data_rings(), strict=True)
             }
-            self._send_part(DataSendBatch, lambda: encode_batch(**queued))
+            batch_ids = self._ids(
+                [
+                    i
+                    for r in self._data_rings()
+                    for i in self.sample_ids[r.name].queued()
+                ]
+            )
+            sent = self._send_part(
+                DataSendBatch, lambda: encode_batch(**queued), batch_ids
+            )
+            taken = []
             for ring in self._data_rings():
-                ring.take_queued()
+                items = ring.take_queued()
+                ids = self.sample_ids[ring.name].take_queued()
+                taken += [
+                    (ring.name, i, item) for i, item in zip(ids, items, strict=True)
+                ]
+            self._taken(taken, sent)
         except ValueError as exc:
             self._encode_failed(exc)
 
@@ -512,15 +645,19 @@ class DataActor(Actor):
         ]  # fmt: skip
 
     def _send_part(
-        self, event: Callable[[Payload], Any], encode: Callable[[], bytes]
-    ) -> None:
-        """Encode one part and publish it; an empty part is skipped."""
+        self,
+        event: Callable[[Payload], Any],
+        encode: Callable[[], bytes],
+        sample_ids: tuple[int, ...] = (),
+    ) -> bool:
+        """Encode one part and publish it; an empty part is skipped (False)."""
         try:
             data = encode()
         except NothingToSend:
-            return
+            return False
         self.counters[f"sent_{event.__name__}"] += 1  # type: ignore[attr-defined]
-        self.emit(event(Payload(data)))
+        self.emit(event(Payload(data, sample_ids=sample_ids)))
+        return True
 
     def _encode_message(
         self,
@@ -540,9 +677,10 @@ class DataActor(Actor):
         except ValueError as exc:
             self._encode_failed(exc)
             return
-        ring.take_latest()
+        ids = self._ids([self.sample_ids[ring.name].latest()])
         self.counters[f"sent_{event.__name__}"] += 1  # type: ignore[attr-defined]
-        self.emit(event(Payload(data)))
+        self.emit(event(Payload(data, sample_ids=ids)))
+        self._taken([self._take_latest(ring)], True)
 
     def _encode_failed(self, exc: ValueError) -> None:
         # The firmware raises DATA_EVT_ERROR and aborts the encode (util
@@ -555,6 +693,123 @@ class DataActor(Actor):
         self.log.error("encode_failed", reason=str(exc))
         self.emit(DataError(-errno.EINVAL))
 
+    # -- persistence of samples (host only) ---------------------------------
+
+    @staticmethod
+    def _ids(ids: Sequence[int | None]) -> tuple[int, ...]:
+        return tuple(i for i in ids if i is not None)
+
+    def _take_latest(self, ring: RingBuffer[Any]) -> tuple[str, int | None, Any]:
+        """``take_latest`` on a ring and its ids; (name, id, item)."""
+        item = ring.take_latest()
+        sample_id = self.sample_ids[ring.name].take_latest()
+        return ring.name, sample_id, item
+
+    def _taken(self, taken: list[tuple[str, int | None, Any]], sent: bool) -> None:
+        """Record entries taken from the rings: in flight if ``sent``."""
+        ids = []
+        for name, sample_id, item in taken:
+            if sample_id is None or item is None:
+                continue
+            ids.append(sample_id)
+            if sent:
+                self.in_flight[sample_id] = (name, item)
+        if sent:
+            self._mark(ids, "sent")
+        else:
+            # Taken by the encoder but in no document (nothing encodable).
+            self._mark(ids, "dropped", "not_encoded")
+
+    def _record(self, kind: str, item: Any) -> int | None:
+        """Write an accepted sample as queued; its id, or None on failure."""
+        if self.store is None:
+            return None
+        body = json.dumps(
+            {"boot_unix_ms": self._offset_ms(), "sample": _converter.unstructure(item)}
+        )
+        try:
+            return self.store.add_sample(kind, body)
+        except Exception as exc:  # the store's failure must not stop the device
+            self._store_failed(exc)
+            return None
+
+    def _mark(self, ids: Sequence[int], state: str, reason: str | None = None) -> None:
+        if self.store is None or not ids:
+            return
+        try:
+            self.store.mark(ids, state, reason)
+        except Exception as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: Exception) -> None:
+        self.counters["sample_store_failures"] += 1
+        self.last_error = f"sample store failed: {exc}"
+        self.log.error("sample_store_failed", error=str(exc))
+
+    def _delivery(self, message: Any) -> bool:
+        """Take a delivery report; return whether ``message`` was one."""
+        match message:
+            case CloudDataDelivered(sample_ids=ids):
+                self._settle(ids, "delivered", None)
+            case CloudDataDropped(sample_ids=ids, reason=reason):
+                self.log.warning("samples_dropped", count=len(ids), reason=reason)
+                self._settle(ids, "dropped", reason)
+            case CloudDataUnsent(sample_ids=ids):
+                self._requeue(ids)
+            case _:
+                return False
+        return True
+
+    def _settle(self, ids: tuple[int, ...], state: str, reason: str | None) -> None:
+        for sample_id in ids:
+            self.in_flight.pop(sample_id, None)
+        self.counters[f"samples_{state}"] += len(ids)
+        self._mark(ids, state, reason)
+
+    def _requeue(self, ids: tuple[int, ...]) -> None:
+        """Put entries whose send never happened back in their rings."""
+        self.counters["samples_requeued"] += len(ids)
+        back = [i for i in ids if i in self.in_flight]
+        self._mark(back, "queued")
+        for sample_id in back:
+            name, item = self.in_flight.pop(sample_id)
+            self._put(self.buffers.rings()[name], item, sample_id)
+
+    def _reload(self) -> None:
+        """Queue again every stored sample not yet delivered or dropped."""
+        if self.store is None:
+            return
+        try:
+            pending = self.store.pending_samples()
+        except Exception as exc:
+            self._store_failed(exc)
+            return
+        if not pending:
+            return
+        offset = self._offset_ms()
+        rings = self.buffers.rings()
+        loaded: list[tuple[int, RingBuffer[Any], Any]] = []
+        bad: list[int] = []
+        for sample_id, kind, body in pending:
+            try:
+                raw = json.loads(body)
+                item: Any = _converter.structure(raw["sample"], _KINDS[kind])
+                # Same UNIX time under this boot's uptime base.
+                shift = int(raw["boot_unix_ms"]) - offset
+                item = attrs.evolve(item, timestamp=item.timestamp + shift)
+            except Exception as exc:
+                self.log.error("sample_unreadable", id=sample_id, error=str(exc))
+                bad.append(sample_id)
+                continue
+            loaded.append((sample_id, rings[kind], item))
+        self._mark(bad, "dropped", "unreadable")
+        self._mark([sample_id for sample_id, _, _ in loaded], "queued")
+        for sample_id, ring, item in loaded:
+            self._put(ring, item, sample_id)
+        self.counters["samples_reloaded"] += len(loaded)
+        self._resend_on_connect = bool(loaded)
+        self.log.info("samples_reloaded", count=len(loaded), unreadable=len(bad))
+
     # -- observation -------------------------------------------------------
 
     def snapshot_extra(self) -> dict[str, Any]:
@@ -563,6 +818,7 @@ class DataActor(Actor):
             "config": attrs.asdict(self.config),
             "date_time_valid": self.date_time_valid,
             "requested": [t.value for t in self.requested],
+            "samples_in_flight": len(self.in_flight),
             "buffers": {
                 name: {
                     "size": ring.size,

@@ -66,7 +66,11 @@ class Payload:
     ``data`` is the encoded document (JSON for AWS, Azure and nRF Cloud).
     ``paths`` is the LwM2M object path list; the LwM2M backend sends those
     objects and ignores ``data``.
+    ``sample_ids`` names the stored samples the document carries (host
+    only, ``actors.data``, "Persistence"): the cloud actor reports them
+    back as delivered, dropped or not sent.
     """
 
     data: bytes = b""
     paths: tuple[str, ...] = ()
+    sample_ids: tuple[int, ...] = ()

@@ -160,6 +160,40 @@ class CloudDataSendQos(CloudEvent):
     message: QosMessage
 
 
+# -- host-only events ------------------------------------------------------
+# No firmware counterpart (the firmware keeps no record of delivery): their
+# ``spec_name`` starts with "HOST_".  They report the fate of the stored
+# samples a payload carried (``Payload.sample_ids``) to the data actor.
+
+
+@attrs.frozen
+class CloudDataDelivered(CloudEvent):
+    """The samples went out: acknowledged, or transmitted without QoS."""
+
+    spec_name: ClassVar[str] = "HOST_CLOUD_EVT_DATA_DELIVERED"
+    sample_ids: tuple[int, ...]
+
+
+@attrs.frozen
+class CloudDataDropped(CloudEvent):
+    """The QoS library gave the samples up (``expired`` or ``pool_full``)."""
+
+    spec_name: ClassVar[str] = "HOST_CLOUD_EVT_DATA_DROPPED"
+    sample_ids: tuple[int, ...]
+    reason: str
+
+
+@attrs.frozen
+class CloudDataUnsent(CloudEvent):
+    """The samples were not transmitted (cloud offline, send failed).
+
+    The data actor queues them again; the firmware would lose them.
+    """
+
+    spec_name: ClassVar[str] = "HOST_CLOUD_EVT_DATA_UNSENT"
+    sample_ids: tuple[int, ...]
+
+
 @attrs.frozen
 class CloudShutdownReady(ShutdownReadyBase, CloudEvent):
     """The cloud module acknowledged the shutdown request."""

@@ -1,10 +1,13 @@
 """The device's persistent state in SQLite: configuration and reboots.
 
 The firmware keeps its configuration in flash under ``data_module/config``
-and loses nothing else across a reboot that it needs.  The host keeps the
-same in one SQLite database, in WAL mode with ``synchronous=FULL``: every
-write is one transaction, so a process killed at any moment leaves either
-the old or the new value, never half of one.
+and loses nothing else across a reboot that it needs.  The host also keeps
+every sample the data actor accepted until the cloud has acknowledged it or
+a documented policy dropped it (table ``samples``, schema 2; see
+``actors.data``), so that a killed process resends what was not delivered.
+The host keeps all of it in one SQLite database, in WAL mode with
+``synchronous=FULL``: every write is one transaction, so a process killed
+at any moment leaves either the old or the new value, never half of one.
 
 Schema versions
 ---------------
@@ -42,7 +45,23 @@ MIGRATIONS: Final[Sequence[str]] = (
         cause TEXT NOT NULL
     );
     """,
+    # 2: samples accepted from producers and not yet known delivered
+    # (actors.data, "Persistence").
+    """
+    CREATE TABLE samples (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('queued', 'sent', 'delivered', 'dropped')),
+        reason TEXT,
+        updated REAL NOT NULL
+    );
+    CREATE INDEX samples_pending ON samples (state)
+        WHERE state IN ('queued', 'sent');
+    """,
 )
+SAMPLE_STATES: Final = ("queued", "sent", "delivered", "dropped")
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 # The firmware's settings key for the configuration struct.
@@ -176,6 +195,62 @@ class StateStore:
         """Every recorded reboot, oldest first."""
         rows = self._db.execute("SELECT at, reason, cause FROM reboots ORDER BY id")
         return [RebootRecord(*row) for row in rows]
+
+    # -- samples (schema 2) ------------------------------------------------
+
+    def add_sample(self, kind: str, body: str) -> int:
+        """Keep one accepted sample as ``queued``; return its id.
+
+        ``body`` is the sample as JSON text (the caller encodes it).
+        """
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO samples (kind, body, state, updated) "
+                "VALUES (?, ?, 'queued', ?)",
+                (kind, body, time.time()),
+            )
+        assert cursor.lastrowid is not None
+        return int(cursor.lastrowid)
+
+    def mark(self, ids: Sequence[int], state: str, reason: str | None = None) -> None:
+        """Move every sample of ``ids`` to ``state``, in one transaction.
+
+        A sample already ``delivered`` stays delivered: a late report of the
+        same message (a drop after a duplicate, say) cannot undo it.
+        """
+        if state not in SAMPLE_STATES:
+            raise ValueError(f"unknown sample state {state!r}")
+        if not ids:
+            return
+        now = time.time()
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE samples SET state = ?, reason = ?, updated = ? "
+                "WHERE id = ? AND state != 'delivered'",
+                [(state, reason, now, sample_id) for sample_id in ids],
+            )
+
+    def pending_samples(self) -> list[tuple[int, str, str]]:
+        """``(id, kind, body)`` of every sample queued or sent, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, kind, body FROM samples "
+            "WHERE state IN ('queued', 'sent') ORDER BY id"
+        )
+        return [(int(i), str(k), str(b)) for i, k, b in rows]
+
+    def sample_counts(self) -> dict[str, int]:
+        """How many samples are in each state (every state named)."""
+        counts = dict.fromkeys(SAMPLE_STATES, 0)
+        rows = self._db.execute("SELECT state, count(*) FROM samples GROUP BY state")
+        counts.update({str(state): int(n) for state, n in rows})
+        return counts
+
+    def samples(self) -> list[tuple[int, str, str, str | None]]:
+        """``(id, kind, state, reason)`` of every sample, by id (tests, debug)."""
+        rows = self._db.execute(
+            "SELECT id, kind, state, reason FROM samples ORDER BY id"
+        )
+        return [(int(i), str(k), str(s), r) for i, k, s, r in rows]
 
     def _transaction(self) -> Any:
         # sqlite3's connection context manager commits or rolls back, but

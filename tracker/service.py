@@ -25,7 +25,7 @@ import trio
 from actors.app import AppActor
 from actors.backoff import ReconnectBackoff
 from actors.cloud import CloudActor
-from actors.data import DataActor
+from actors.data import DataActor, SampleStore
 from actors.modem import ModemActor, SimulatedModem
 from actors.route import default_route, load_route
 from actors.runtime import Actor, ActorSnapshot, Bus
@@ -150,13 +150,15 @@ def build_device(
     firmware: FirmwareStore | None = None,
     initial_config: DeviceConfig | None = None,
     persist_config: Callable[[DeviceConfig], None] | None = None,
+    samples: SampleStore | None = None,
 ) -> Device:
     """Wire a fresh tree from ``config``; nothing runs until it is supervised.
 
     ``firmware`` gives the modem's application version and the cloud
     module's image confirmation; ``initial_config`` is the device
     configuration to boot with (the stored one) and ``persist_config``
-    stores every change of it.
+    stores every change of it; ``samples`` keeps every accepted sample until
+    it is delivered, and the data actor resends what it holds at boot.
 
     The P-GPS replies go to a ``PgpsDownloader``, supervised right after
     the backend, which records each reply with the modem and downloads the
@@ -219,6 +221,7 @@ def build_device(
         flavour=getattr(backend.codec, "flavour", None),
         config=initial_config or DeviceConfig(),
         persist=persist_config,
+        store=samples,
     )
     app = AppActor(bus)
     actors: list[Actor] = [util, cloud, data, modem, location, sensor, ui, app]
@@ -363,6 +366,7 @@ class Service:
             firmware=self.firmware,
             initial_config=self._stored_config(),
             persist_config=None if self.state is None else self.state.save_config,
+            samples=self.state,
         )
         try:
             async with trio.open_nursery() as nursery:
