@@ -9,7 +9,7 @@ handling differs; this module is the rest.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import structlog
@@ -125,3 +125,10 @@ class SandboxService:
 
     async def _on_message(self, session: MqttSession, message: MqttMessage) -> None:
         raise NotImplementedError
+
+
+def with_token(document: dict[str, Any], token: str | None) -> dict[str, Any]:
+    """``document`` with the request's ``clientToken`` echoed, if it had one."""
+    if token is not None:
+        document["clientToken"] = token
+    return document

@@ -90,7 +90,8 @@ from backends.mqtt_transport import (
     MqttMessage,
     MqttSession,
 )
-from sandbox._service import SandboxService
+from protocols.json_codec import dumps
+from sandbox._service import SandboxService, with_token
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -126,11 +127,6 @@ REQUEST_QOS: Final = 1
 REPLY_QOS: Final = 1
 
 DEFAULT_CLIENT_ID: Final = "sandbox-jobs"
-
-
-def dumps(document: object) -> bytes:
-    """Compact JSON, as AWS sends it."""
-    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 # ---------------------------------------------------------------------------
@@ -218,12 +214,6 @@ def _error(exc: _Rejected, now: int, token: str | None) -> JsonObject:
     if exc.state is not None:
         error["executionState"] = exc.state
     return error
-
-
-def _with_token(document: JsonObject, token: str | None) -> JsonObject:
-    if token is not None:
-        document["clientToken"] = token
-    return document
 
 
 # ---------------------------------------------------------------------------
@@ -414,7 +404,7 @@ class JobStore:
         execution = self._next(thing)
         if execution is not None:
             reply["execution"] = execution.describe(include_document=include_document)
-        return [(f"{NEXT}/get/accepted", _with_token(reply, token))]
+        return [(f"{NEXT}/get/accepted", with_token(reply, token))]
 
     def describe(
         self, thing: str, job_id: str, request: bytes, now: int
@@ -433,7 +423,7 @@ class JobStore:
             "execution": execution.describe(include_document=include_document),
             "timestamp": now,
         }
-        return [(f"{job_id}/get/accepted", _with_token(reply, token))]
+        return [(f"{job_id}/get/accepted", with_token(reply, token))]
 
     def update(
         self, thing: str, job_id: str, request: bytes, now: int
@@ -479,7 +469,7 @@ class JobStore:
         if include_document:
             reply["jobDocument"] = copy.deepcopy(execution.document)
         replies: list[Reply] = [
-            (f"{job_id}/update/accepted", _with_token(reply, token))
+            (f"{job_id}/update/accepted", with_token(reply, token))
         ]
         return replies + self._notify_if_changed(thing, before, now)
 

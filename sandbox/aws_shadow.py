@@ -69,7 +69,8 @@ from backends.mqtt_transport import (
     MqttMessage,
     MqttSession,
 )
-from sandbox._service import SandboxService
+from protocols.json_codec import dumps
+from sandbox._service import SandboxService, with_token
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -99,11 +100,6 @@ DEFAULT_CLIENT_ID: Final = "sandbox-shadow"
 
 # ---------------------------------------------------------------------------
 # JSON helpers
-
-
-def dumps(document: object) -> bytes:
-    """Compact JSON, as AWS sends it."""
-    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 def json_equal(a: object, b: object) -> bool:
@@ -282,12 +278,6 @@ def _error(code: int, message: str, now: int, token: str | None) -> JsonObject:
     return error
 
 
-def _with_token(document: JsonObject, token: str | None) -> JsonObject:
-    if token is not None:
-        document["clientToken"] = token
-    return document
-
-
 # ---------------------------------------------------------------------------
 # The store
 
@@ -382,7 +372,7 @@ class ShadowStore:
         replies: list[Reply] = [
             (
                 "update/accepted",
-                _with_token(
+                with_token(
                     {
                         "state": copy.deepcopy(state),
                         "metadata": {s: _stamp(v, now) for s, v in echoed.items()},
@@ -394,7 +384,7 @@ class ShadowStore:
             ),
             (
                 "update/documents",
-                _with_token(
+                with_token(
                     {
                         "previous": None if previous is None else previous.document(),
                         "current": shadow.document(),
@@ -409,7 +399,7 @@ class ShadowStore:
             replies.append(
                 (
                     "update/delta",
-                    _with_token(
+                    with_token(
                         {
                             "version": shadow.version,
                             "timestamp": now,
@@ -438,7 +428,7 @@ class ShadowStore:
         if delta:
             document["state"]["delta"] = delta
         document["timestamp"] = now
-        return [("get/accepted", _with_token(document, token))]
+        return [("get/accepted", with_token(document, token))]
 
     def delete(self, thing: str, now: int, request: bytes = b"") -> list[Reply]:
         """Delete the shadow; its version is kept for the next one."""
@@ -457,7 +447,7 @@ class ShadowStore:
         return [
             (
                 "delete/accepted",
-                _with_token({"version": shadow.version, "timestamp": now}, token),
+                with_token({"version": shadow.version, "timestamp": now}, token),
             )
         ]
 
