@@ -419,69 +419,174 @@ class AwsFota:
             error = str(exc)
         await link.inbox_send.send(_DownloadFinished(job.job_id, error))
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self.http_ca_file is None:
-            return ssl.create_default_context()
-        return ssl.create_default_context(cafile=str(self.http_ca_file))
-
     async def _download(self, document: JobDocument, *, resume: bool) -> None:
-        """Stream the image into the store's staging file.
+        """Stream the job's image into the store's staging file.
 
         Raises:
-          JobError: the server refused, sent more or fewer bytes than the
-            job's size, or the retries ran out.
+          JobError: the download failed (``download_image``).
         """
-        log.info("fota_download_started", url=document.url, resume=resume)
-        if not resume:
-            self.store.discard_staging()
-        failures = 0
-        async with httpx.AsyncClient(
-            verify=self._ssl_context(), timeout=self.http_timeout
-        ) as client:
-            while True:
-                try:
-                    await self._fetch(client, document)
-                    return
-                except httpx.TransportError as exc:
-                    failures += 1
-                    log.warning(
-                        "fota_download_broken",
-                        failures=failures,
-                        staged=self.store.staged_size(),
-                        error=repr(exc),
-                    )
-                    if failures > self.download_retries:
-                        raise JobError(f"download failed: {exc!r}") from exc
-                await trio.sleep(self.retry_delay)
+        await download_image(
+            self.store,
+            document.url,
+            size=document.size,
+            resume=resume,
+            ca_file=self.http_ca_file,
+            retries=self.download_retries,
+            retry_delay=self.retry_delay,
+            http_timeout=self.http_timeout,
+        )
 
-    async def _fetch(self, client: httpx.AsyncClient, document: JobDocument) -> None:
-        offset = self.store.staged_size()
-        if offset > document.size:
-            raise JobError(f"image larger than {document.size} bytes")
-        if offset == document.size:
-            return
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        async with client.stream("GET", document.url, headers=headers) as response:
-            if response.status_code == 200:
-                offset = 0
-            elif response.status_code != 206 or not offset:
-                raise JobError(f"HTTP {response.status_code} from {document.url}")
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit():
-                if offset + int(length) > document.size:
-                    raise JobError(
-                        f"image larger than {document.size} bytes "
-                        f"({offset + int(length)} announced)"
-                    )
-            with self.store.open_staging(append=offset > 0) as staging:
-                written = offset
-                async for chunk in response.aiter_raw():
-                    written += len(chunk)
-                    if written > document.size:
-                        raise JobError(f"image larger than {document.size} bytes")
-                    _write(staging, chunk)
-        if written < document.size:
-            raise JobError(f"image truncated: {written} of {document.size} bytes")
+
+# -- the download, shared with the other FOTA clients --------------------------
+
+
+class DownloadError(JobError):
+    """An image download failed; the message says why."""
+
+
+class DownloadRefused(DownloadError):
+    """The server answered with an HTTP status other than 200 or 206."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DownloadBroken(DownloadError):
+    """The connection failed more often than the retries allow."""
+
+
+class ImageSizeError(DownloadError):
+    """The image is larger than expected, or ends short."""
+
+
+class ImageTooLarge(ImageSizeError):
+    """The image is larger than the caller's ``max_size``."""
+
+
+@attrs.define
+class _Expected:
+    """What the image must look like; ``size`` is learned when not given."""
+
+    size: int | None
+    max_size: int | None
+
+    def announced(self, total: int) -> None:
+        """Check the total size a response announces (offset + length)."""
+        if self.size is None:
+            if self.max_size is not None and total > self.max_size:
+                raise ImageTooLarge(
+                    f"image larger than {self.max_size} bytes ({total} announced)"
+                )
+            self.size = total
+        elif total > self.size:
+            raise ImageSizeError(
+                f"image larger than {self.size} bytes ({total} announced)"
+            )
+
+    def received(self, written: int) -> None:
+        """Check the bytes received so far."""
+        if self.size is not None and written > self.size:
+            raise ImageSizeError(f"image larger than {self.size} bytes")
+        if self.max_size is not None and written > self.max_size:
+            raise ImageTooLarge(f"image larger than {self.max_size} bytes")
+
+
+def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The client context for a download: ``ca_file`` or the system's CAs."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+async def download_image(
+    store: FirmwareStore,
+    url: str,
+    *,
+    size: int | None = None,
+    max_size: int | None = None,
+    resume: bool = False,
+    ca_file: Path | None = None,
+    retries: int = 3,
+    retry_delay: float = 0.5,
+    http_timeout: float = 30.0,
+) -> int:
+    """Stream ``url`` into ``store``'s staging file, resuming with ``Range``.
+
+    Args:
+      size: the image's exact size, when the caller knows it; ``None``
+        takes the size the server announces first (``Content-Length``),
+        bounded by ``max_size``, and holds every later response to it.
+      max_size: the most bytes accepted when ``size`` is unknown.
+      resume: keep what is staged and ask for the rest.
+      ca_file: CA bundle (PEM) that verifies an HTTPS server; ``None``
+        uses the system's.
+      retries: resumptions after a broken connection before giving up.
+      retry_delay: seconds between two attempts.
+      http_timeout: httpx timeout per network operation, in seconds.
+
+    Returns:
+      The image's size (the staging file holds exactly that much).
+
+    Raises:
+      DownloadRefused: the server answered with an error status.
+      DownloadBroken: the retries ran out.
+      ImageTooLarge: more bytes than ``max_size``.
+      ImageSizeError: more bytes than ``size`` or than first announced, or
+        fewer.
+    """
+    log.info("fota_download_started", url=url, resume=resume)
+    if not resume:
+        store.discard_staging()
+    expected = _Expected(size, max_size)
+    failures = 0
+    context = ssl_context(ca_file)
+    async with httpx.AsyncClient(verify=context, timeout=http_timeout) as client:
+        while True:
+            try:
+                return await _fetch(client, store, url, expected)
+            except httpx.TransportError as exc:
+                failures += 1
+                log.warning(
+                    "fota_download_broken",
+                    failures=failures,
+                    staged=store.staged_size(),
+                    error=repr(exc),
+                )
+                if failures > retries:
+                    raise DownloadBroken(f"download failed: {exc!r}") from exc
+            await trio.sleep(retry_delay)
+
+
+async def _fetch(
+    client: httpx.AsyncClient, store: FirmwareStore, url: str, expected: _Expected
+) -> int:
+    offset = store.staged_size()
+    if expected.size is not None:
+        if offset > expected.size:
+            raise ImageSizeError(f"image larger than {expected.size} bytes")
+        if offset == expected.size:
+            return offset
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    async with client.stream("GET", url, headers=headers) as response:
+        if response.status_code == 200:
+            offset = 0
+        elif response.status_code != 206 or not offset:
+            raise DownloadRefused(
+                f"HTTP {response.status_code} from {url}", response.status_code
+            )
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit():
+            expected.announced(offset + int(length))
+        with store.open_staging(append=offset > 0) as staging:
+            written = offset
+            async for chunk in response.aiter_raw():
+                written += len(chunk)
+                expected.received(written)
+                _write(staging, chunk)
+    if expected.size is not None and written < expected.size:
+        raise ImageSizeError(f"image truncated: {written} of {expected.size} bytes")
+    return written
 
 
 def _write(staging: IO[bytes], chunk: bytes) -> None:
