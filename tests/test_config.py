@@ -62,12 +62,12 @@ class TestDefaultFile:
         assert ROOT / "var" == config.state.directory
 
     def test_defaults_are_the_firmware_defaults(self) -> None:
-        """An empty file gives the simulated cloud, 10 retries, the seed table."""
+        """An empty file gives the local cloud, 10 retries, the seed table."""
         text = ""
 
         config = parse_config(text)
 
-        assert "simulated" == config.cloud.service
+        assert "local" == config.cloud.service
         assert 10 == config.cloud.connect_retries
         assert BACKOFF_TABLES["seed"] == config.cloud.backoff_table
         assert DEFAULT_IMEI == config.device.imei
@@ -159,7 +159,8 @@ BAD_SETTINGS = [
         '[cloud]\nservice = "gcp"\n',
         "cloud.service",
         '"gcp"',
-        'must be one of "aws", "azure", "nrf_cloud", "lwm2m", "simulated"',
+        'must be one of "local", "aws", "azure", "nrf_cloud", "lwm2m", '
+        '"simulated"',
         id="unknown-service",
     ),
     pytest.param(

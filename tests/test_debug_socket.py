@@ -69,6 +69,7 @@ class Rig:
 def service_for(tmp_path: pathlib.Path, extra: str = "") -> Service:
     config = parse_config(
         extra + "[modem]\nattach_delay = 0.1\n"
+        '[cloud]\nservice = "simulated"\n'
         "[cloud.simulated]\nconnect_delay = 0.1\n"
         f'[state]\ndirectory = "{tmp_path / "state"}"\n'
     )

@@ -190,7 +190,7 @@ class TestStop:
         self, autojump_clock: trio.testing.MockClock, boots: list[Boot]
     ) -> None:
         """request_stop runs the shutdown protocol and ends with ExitCode.OK at once."""
-        service = Service(default_config(), max_reboots=1)
+        service = Service(simulated_config(), max_reboots=1)
         result: list[tuple[float, ExitCode]] = []
 
         async def serve() -> None:
@@ -234,7 +234,7 @@ class TestStop:
         self, autojump_clock: trio.testing.MockClock, boots: list[Boot]
     ) -> None:
         """A stop requested before the device booted takes effect as soon as it has."""
-        service = Service(default_config())
+        service = Service(simulated_config())
 
         service.request_stop()
         with trio.fail_after(LIMIT):
@@ -288,6 +288,11 @@ def log_events(lines: list[str]) -> list[dict[str, Any]]:
     return records
 
 
+def simulated_config() -> Config:
+    """The defaults, but with the scripted cloud (no sockets, autojump-safe)."""
+    return parse_config('[cloud]\nservice = "simulated"\n')
+
+
 def write_config(tmp_path: Path, name: str, text: str) -> Path:
     """Write a configuration file and return its path."""
     path = tmp_path / name
@@ -301,6 +306,7 @@ class TestCommand:
         config = write_config(
             tmp_path,
             "tracker.toml",
+            '[cloud]\nservice = "simulated"\n'
             "[modem]\nattach_delay = 0.2\n[cloud.simulated]\nconnect_delay = 0.2\n",
         )
         command = [*TRACKER, "run", "--log-format", "json", "--config", str(config)]
@@ -431,7 +437,10 @@ class TestConfigPersistence:
         self, autojump_clock: trio.testing.MockClock, tmp_path: Path
     ) -> None:
         """A configuration applied in one run is the next run's boot config."""
-        config = parse_config(f'[state]\ndirectory = "{tmp_path / "state"}"\n')
+        config = parse_config(
+            '[cloud]\nservice = "simulated"\n'
+            f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+        )
         first = Service(config)
         with trio.fail_after(100):
             async with trio.open_nursery() as nursery:

@@ -170,6 +170,8 @@ def service_config(state: Path, presses: int) -> str:
     text = f"""
 [state]
 directory = "{state}"
+[cloud]
+service = "simulated"
 [modem]
 attach_delay = 0.1
 [cloud.simulated]

@@ -2,13 +2,18 @@
 
 ``tracker run`` loads the configuration (``tracker.toml`` in the current
 directory when there is one, the built-in defaults otherwise), sets up
-logging and runs the device until SIGINT or SIGTERM.  ``tracker check``
-only validates a configuration file.  Exit codes are ``ExitCode``'s.
+logging and runs the device until SIGINT or SIGTERM (with the default
+``cloud.service = "local"``, together with the local cloud it connects
+to).  ``tracker sandbox`` runs only the local cloud, for other devices and
+tools; ``tracker sandbox --issue-cert ID`` writes a client certificate and
+exits.  ``tracker check`` only validates a configuration file.  Exit codes
+are ``ExitCode``'s.
 """
 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +23,10 @@ import structlog
 import trio
 from trio_websocket import HandshakeError
 
+from actors.supervisor import first_leaf
+from sandbox.broker import BrokerError
+from sandbox.certs import InvalidClientId
+from sandbox.local_cloud import LocalCloud
 from state.store import StateStore, StateStoreError
 from tracker import __version__
 from tracker.config import Config, ConfigError, default_config, load_config
@@ -28,7 +37,8 @@ from tracker.service import (
     ExitCode,
     Service,
     UnsupportedCloud,
-    make_backend,
+    check_cloud,
+    local_cloud_for,
     run_until_signalled,
 )
 
@@ -95,16 +105,24 @@ def run(
     Exit codes:
       0    stopped by a signal, after every module acknowledged shutdown
       1    unexpected error
-      2    invalid configuration, a cloud this build cannot reach, or an
-           unusable state database
+      2    invalid configuration, a cloud this build cannot reach, an
+           unusable state database, or a local cloud that cannot listen
       3    more reboots than --max-reboots
       130  a second signal cut the shutdown short
     """
     try:
         config = _load(config_path)
-        make_backend(config)
+        check_cloud(config)
+        if config.cloud.service == "local":
+            # The device's certificate, now: a client id that cannot have
+            # one, or a directory that cannot hold it, is a setup error.
+            local_cloud_for(config).issue(config.client_id)
         state = StateStore(config.state.directory / "state.db")
-    except (ConfigError, UnsupportedCloud, StateStoreError) as exc:
+    except (ConfigError, UnsupportedCloud, StateStoreError, InvalidClientId) as exc:
+        click.echo(f"tracker: {exc}", err=True)
+        sys.exit(ExitCode.CONFIG)
+    except OSError as exc:
+        click.echo(f"tracker: the local cloud's directory: {exc}", err=True)
         click.echo(f"tracker: {exc}", err=True)
         sys.exit(ExitCode.CONFIG)
     if debug_port is not None:
@@ -170,3 +188,116 @@ def check(config_path: Path | None) -> None:
         f"{config.cloud.connect_retries} retries over "
         f"{len(config.cloud.backoff_table)} backoff steps)"
     )
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Configuration file (default: ./tracker.toml, else built-in defaults).",
+)
+@click.option("--host", default=None, help="Override [cloud.local] host.")
+@click.option(
+    "--mqtt-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Override [cloud.local] mqtt_port (0: any free port).",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Override [cloud.local] http_port (0: any free port).",
+)
+@click.option(
+    "--issue-cert",
+    "issue_cert",
+    metavar="CLIENT_ID",
+    multiple=True,
+    help="Write a client certificate for CLIENT_ID, print its paths and exit "
+    "(repeatable).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default=None,
+    help="Override [log] format.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Override [log] level.",
+)
+def sandbox(
+    config_path: Path | None,
+    host: str | None,
+    mqtt_port: int | None,
+    http_port: int | None,
+    issue_cert: tuple[str, ...],
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
+    """Run only the local cloud (AWS IoT flavour) until SIGINT or SIGTERM.
+
+    \b
+    Clients connect with MQTT over TLS, presenting a certificate signed by
+    the local CA whose common name is their client id; --issue-cert writes
+    one. Exit codes: 0 stopped by a signal, 1 unexpected error, 2 invalid
+    configuration or a port that cannot be opened.
+    """
+    try:
+        config = _load(config_path)
+    except ConfigError as exc:
+        click.echo(f"tracker: {exc}", err=True)
+        sys.exit(ExitCode.CONFIG)
+    cloud = local_cloud_for(config)
+    cloud = attrs.evolve(
+        cloud,
+        host=cloud.host if host is None else host,
+        mqtt_port=cloud.mqtt_port if mqtt_port is None else mqtt_port,
+        http_port=cloud.http_port if http_port is None else http_port,
+    )
+    if issue_cert:
+        try:
+            for client_id in issue_cert:
+                files = cloud.issue(client_id)
+                click.echo(
+                    f"{client_id}: cert {files.cert_file} key {files.key_file} "
+                    f"ca {cloud.pki.ca_file}"
+                )
+        except (InvalidClientId, OSError) as exc:
+            click.echo(f"tracker: {exc}", err=True)
+            sys.exit(ExitCode.CONFIG)
+        return
+    configure_logging(log_level or config.log.level, log_format or config.log.format)
+    try:
+        sys.exit(trio.run(_serve_sandbox, cloud))
+    except* (BrokerError, OSError) as group:
+        error = first_leaf(group)
+        click.echo(f"tracker: the local cloud cannot start: {error}", err=True)
+        sys.exit(ExitCode.CONFIG)
+
+
+async def _serve_sandbox(cloud: LocalCloud) -> ExitCode:
+    """Run ``cloud`` until the first SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            endpoints = await nursery.start(cloud.run)
+            log.info(
+                "local_cloud_connect_with",
+                mqtt=f"mqtts://{endpoints.host}:{endpoints.mqtt_port}",
+                ca_file=str(endpoints.ca_file),
+                client_certificates=(
+                    f"{endpoints.cert_directory}/<client id>.pem and .key; "
+                    "make one with: tracker sandbox --issue-cert <client id>"
+                ),
+                files=endpoints.file_url("<name>"),
+            )
+            async for signum in signals:
+                log.info("stop_requested", signal=signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel(reason="stop requested")
+    log.info("local_cloud_stopped")
+    return ExitCode.OK

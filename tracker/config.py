@@ -63,6 +63,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeviceConfig",
+    "LocalCloudConfig",
     "LogConfig",
     "Lwm2mConfig",
     "ModemConfig",
@@ -88,7 +89,12 @@ DEFAULT_IMEI: Final = "352656100000010"
 #: CONFIG_LWM2M_INTEGRATION_PSK: fine for trying Coiote, never for production.
 DEFAULT_LWM2M_PSK: Final = "000102030405060708090a0b0c0d0e0f"
 
-SERVICES: Final = ("aws", "azure", "nrf_cloud", "lwm2m", "simulated")
+SERVICES: Final = ("local", "aws", "azure", "nrf_cloud", "lwm2m", "simulated")
+#: The clouds the local cloud can stand in for; the device talks to it as
+#: it would to that cloud.
+LOCAL_CLOUDS: Final = ("aws",)
+#: Clouds the local cloud will stand in for, with why they cannot be chosen.
+_LOCAL_CLOUDS_LATER: Final = {"lwm2m": "lwm2m is not available in the local cloud yet"}
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
 MOVEMENT_KINDS: Final = ("activity", "inactivity", "impact")
@@ -241,6 +247,18 @@ _host = _check(
     lambda v: not re.search(r"[\s/]|://", v),
     "must be a bare host name (no scheme, path or spaces)",
 )
+
+
+def _check_local_cloud(
+    instance: object, attribute: attrs.Attribute[Any], value: str
+) -> None:
+    if value in LOCAL_CLOUDS:
+        return
+    reason = _LOCAL_CLOUDS_LATER.get(value)
+    if reason is None:
+        listed = ", ".join(json.dumps(name) for name in LOCAL_CLOUDS)
+        reason = f"must be one of {listed}"
+    raise _Invalid((attribute.name,), value, reason)
 
 
 def _check_imei(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -484,15 +502,41 @@ class SimulatedCloudConfig:
 
 
 @attrs.frozen
+class LocalCloudConfig:
+    """The ``[cloud.local]`` table: the cloud that runs inside the service.
+
+    Attributes:
+        cloud: Which cloud it stands in for, hence how the device talks to
+            it; one of `LOCAL_CLOUDS`.
+        host: The address its broker and file server listen on.
+        mqtt_port: The MQTT over TLS port; 0 picks a free one.
+        http_port: The HTTPS file server's port; 0 picks a free one.
+        directory: Its CA, certificates and served files; absolute once
+            loaded, ``<state.directory>/local-cloud`` when not set.
+    """
+
+    cloud: str = attrs.field(default="aws", validator=_check_local_cloud)
+    host: str = attrs.field(
+        default="127.0.0.1",
+        validator=[_host, _check(bool, "must not be empty")],
+    )
+    mqtt_port: int = attrs.field(default=8883, validator=_between(0, 65535))
+    http_port: int = attrs.field(default=8443, validator=_between(0, 65535))
+    directory: Path | None = None
+
+
+@attrs.frozen
 class CloudConfig:
     """The ``[cloud]`` table: which cloud, and how hard to try reaching it.
 
     Attributes:
-        service: One of "aws", "azure", "nrf_cloud", "lwm2m", "simulated".
+        service: One of "local", "aws", "azure", "nrf_cloud", "lwm2m",
+            "simulated".
         connect_retries: CONFIG_CLOUD_CONNECT_RETRIES (0 to 13).
         backoff: The name of a table in `BACKOFF_TABLES`, or the delays
             themselves; `backoff_table` gives the resolved delays.
         user_association_timeout: CONFIG_CLOUD_USER_ASSOCIATION_TIMEOUT_SEC.
+        local: Settings used when ``service`` is "local".
         aws: Settings used when ``service`` is "aws".
         azure: Settings used when ``service`` is "azure".
         nrf_cloud: Settings used when ``service`` is "nrf_cloud".
@@ -500,7 +544,7 @@ class CloudConfig:
         simulated: Settings used when ``service`` is "simulated".
     """
 
-    service: str = attrs.field(default="simulated", validator=_one_of(*SERVICES))
+    service: str = attrs.field(default="local", validator=_one_of(*SERVICES))
     connect_retries: int = attrs.field(
         default=10,
         validator=_between(
@@ -513,6 +557,7 @@ class CloudConfig:
         default="seed", validator=_check_backoff
     )
     user_association_timeout: int = attrs.field(default=300, validator=_positive)
+    local: LocalCloudConfig = attrs.Factory(LocalCloudConfig)
     aws: AwsConfig = attrs.Factory(AwsConfig)
     azure: AzureConfig = attrs.Factory(AzureConfig)
     nrf_cloud: NrfCloudConfig = attrs.Factory(NrfCloudConfig)
@@ -1050,6 +1095,18 @@ def _resolve(config: Config, name: str, base: Path, source: Path | None) -> Conf
         sources = attrs.evolve(sources, route=route)
 
     state = attrs.evolve(config.state, directory=base / config.state.directory)
+    local_directory = cloud.local.directory
+    cloud = attrs.evolve(
+        cloud,
+        local=attrs.evolve(
+            cloud.local,
+            directory=(
+                state.directory / "local-cloud"
+                if local_directory is None
+                else base / local_directory
+            ),
+        ),
+    )
     return attrs.evolve(
         config, cloud=cloud, sources=sources, state=state, source=source
     )

@@ -8,6 +8,13 @@ service, boots a new one: the host's equivalent of the firmware's warm
 reboot.  Reboots are counted and their reasons kept, so the next boot (and
 an operator) can see why the device restarted.
 
+With ``cloud.service = "local"`` the service first starts a
+``LocalCloud`` (broker, shadow, jobs, assistance, file server) in its own
+nursery; it outlives every reboot of the device, which connects to it as it
+would to the cloud that ``[cloud.local] cloud`` names.  While it runs, the
+service logs ``shadow_holds`` whenever the device's reported shadow
+changes, so a person watching the log sees the data arrive.
+
 Exit status of ``Service.run``: see ``ExitCode``.
 """
 
@@ -17,6 +24,7 @@ import enum
 import functools
 import signal
 from collections.abc import Callable
+from typing import Final
 
 import attrs
 import structlog
@@ -47,12 +55,17 @@ from backends.pgps import PgpsDownloader
 from backends.scripted import Connect, Refuse, ScriptedBackend
 from protocols.app import ShutdownReason
 from protocols.config import DeviceConfig
+from sandbox.broker import BrokerError
+from sandbox.local_cloud import LocalCloud, LocalCloudEndpoints
 from state.firmware import FirmwareStore
 from state.store import StateStore, StateStoreError
 from tracker.config import Config
 
 # Lazy: it follows whatever logging set-up is in force when it logs.
 log = structlog.get_logger(actor="service")
+
+#: Seconds between two looks at the device's shadow in the local cloud.
+SHADOW_LOG_INTERVAL: Final = 1.0
 
 
 class ExitCode(enum.IntEnum):
@@ -69,16 +82,80 @@ class UnsupportedCloud(Exception):
     """The configuration selects a cloud this build cannot connect to."""
 
 
+def check_cloud(config: Config) -> None:
+    """Fail early when ``cloud.service`` has no backend in this build.
+
+    Raises:
+      UnsupportedCloud: as ``make_backend`` would.
+    """
+    if config.cloud.service in ("simulated", "aws", "local"):
+        return
+    make_backend(config)
+
+
+def local_cloud_for(config: Config) -> LocalCloud:
+    """The local cloud ``[cloud.local]`` describes (not started)."""
+    local = config.cloud.local
+    # The configuration resolves the directory when it is loaded.
+    assert local.directory is not None
+    return LocalCloud(
+        local.directory,
+        host=local.host,
+        mqtt_port=local.mqtt_port,
+        http_port=local.http_port,
+        verbose=config.log.level == "debug",
+    )
+
+
+def local_aws_config(config: Config, cloud: LocalCloud) -> Config:
+    """``config`` with ``[cloud.aws]`` pointed at the running ``cloud``.
+
+    The device gets a certificate for its client id (made on first use),
+    and trusts the local CA for the broker and for its downloads.
+
+    Raises:
+      RuntimeError: the local cloud is not running.
+      InvalidClientId: the client id cannot name a certificate.
+    """
+    endpoints: LocalCloudEndpoints | None = cloud.endpoints
+    if endpoints is None:
+        raise RuntimeError("the local cloud is not running")
+    files = cloud.issue(config.client_id)
+    aws = attrs.evolve(
+        config.cloud.aws,
+        broker_host=endpoints.host,
+        port=endpoints.mqtt_port,
+        ca_file=endpoints.ca_file,
+        cert_file=files.cert_file,
+        key_file=files.key_file,
+        download_ca_file=endpoints.ca_file,
+    )
+    return attrs.evolve(config, cloud=attrs.evolve(config.cloud, aws=aws))
+
+
 def make_backend(
-    config: Config, firmware: FirmwareStore | None = None
+    config: Config,
+    firmware: FirmwareStore | None = None,
+    *,
+    local: LocalCloud | None = None,
 ) -> CloudBackend:
     """The backend for ``cloud.service``.
 
-    ``firmware`` enables AWS IoT Jobs FOTA into that store (AWS only).
+    ``firmware`` enables AWS IoT Jobs FOTA into that store (AWS only);
+    ``local`` is the running local cloud, required for "local".
 
     Raises:
       UnsupportedCloud: the service has no backend here yet.
+      RuntimeError: "local" without a running local cloud.
     """
+    if config.cloud.service == "local":
+        if local is None:
+            raise RuntimeError("cloud.service = \"local\" needs the local cloud")
+        # Only "aws" passes the configuration's check of [cloud.local]
+        # cloud; another local cloud gets its branch here.
+        assert config.cloud.local.cloud == "aws"
+        aws_config = local_aws_config(config, local)
+        return _aws_backend(aws_config, firmware)
     if config.cloud.service == "simulated":
         simulated = config.cloud.simulated
         return ScriptedBackend(
@@ -87,28 +164,33 @@ def make_backend(
             ack_delay=simulated.ack_delay,
         )
     if config.cloud.service == "aws":
-        aws = config.cloud.aws
-        # The configuration guarantees the credential files for "aws".
-        assert aws.ca_file is not None
-        settings = MqttSettings(
-            host=aws.broker_host,
-            port=aws.port,
-            client_id=config.client_id,
-            ca_file=aws.ca_file,
-            cert_file=aws.cert_file,
-            key_file=aws.key_file,
-            keepalive=aws.keepalive,
-        )
-        return AwsIotBackend(
-            config.client_id,
-            settings,
-            legacy_topics=aws.legacy_topics,
-            firmware=firmware,
-            http_ca_file=aws.download_ca_file,
-        )
+        return _aws_backend(config, firmware)
     raise UnsupportedCloud(
         f"cloud.service = {config.cloud.service!r}: no backend for this cloud "
-        "in this build yet; use \"simulated\" or \"aws\""
+        "in this build yet; use \"local\", \"simulated\" or \"aws\""
+    )
+
+
+def _aws_backend(config: Config, firmware: FirmwareStore | None) -> CloudBackend:
+    """An ``AwsIotBackend`` as ``[cloud.aws]`` describes it."""
+    aws = config.cloud.aws
+    # The configuration guarantees the credential files for "aws".
+    assert aws.ca_file is not None
+    settings = MqttSettings(
+        host=aws.broker_host,
+        port=aws.port,
+        client_id=config.client_id,
+        ca_file=aws.ca_file,
+        cert_file=aws.cert_file,
+        key_file=aws.key_file,
+        keepalive=aws.keepalive,
+    )
+    return AwsIotBackend(
+        config.client_id,
+        settings,
+        legacy_topics=aws.legacy_topics,
+        firmware=firmware,
+        http_ca_file=aws.download_ca_file,
     )
 
 
@@ -259,6 +341,12 @@ class Service:
         ``None`` uses ``make_backend`` with the service's firmware store.
       firmware: the image slots; by default in
         ``config.state.directory / "firmware"``.
+
+    With ``cloud.service = "local"`` and no ``backend_factory``, ``run``
+    starts ``local_cloud`` (``local_cloud_for(config)`` unless given) before
+    the first boot and stops it after the last; ``local_ready`` is set once
+    it serves.  An injected ``backend_factory`` replaces the cloud, local
+    or not.
     """
 
     config: Config
@@ -277,6 +365,8 @@ class Service:
     stopped_by: Reboot | None = attrs.field(init=False, default=None)
     device: Device | None = attrs.field(init=False, default=None)
     booted: trio.Event = attrs.field(init=False, factory=trio.Event)
+    local_cloud: LocalCloud | None = None
+    local_ready: trio.Event = attrs.field(init=False, factory=trio.Event)
     _stop_requested: bool = attrs.field(init=False, default=False)
 
     def request_stop(self) -> None:
@@ -292,8 +382,55 @@ class Service:
         without the shutdown protocol.
 
         Logging: ``device_booted`` and ``device_rebooting`` at INFO and
-        WARNING, ``service_stopped`` at INFO.
+        WARNING, ``service_stopped`` at INFO; with the local cloud,
+        ``shadow_holds`` at INFO whenever the device's reported state
+        changes.
         """
+        if self.config.cloud.service != "local" or self.backend_factory is not None:
+            return await self._run_boots()
+        if self.local_cloud is None:
+            self.local_cloud = local_cloud_for(self.config)
+        cloud = self.local_cloud
+        async with trio.open_nursery() as nursery:
+            unavailable: list[BaseException] = []
+            try:
+                await nursery.start(cloud.run)
+            except* (BrokerError, OSError) as group:
+                unavailable.extend(group.exceptions)
+            if unavailable:
+                # A port in use or an unwritable directory: a setup problem,
+                # reported like a bad configuration.
+                log.error(
+                    "local_cloud_unavailable",
+                    error=str(first_leaf(unavailable[0])),
+                    hint="change [cloud.local] mqtt_port/http_port or host",
+                )
+                return ExitCode.CONFIG
+            self.local_ready.set()
+            nursery.start_soon(self._log_shadow, cloud)
+            code = await self._run_boots()
+            nursery.cancel_scope.cancel(reason="service stopped")
+        log.info("local_cloud_stopped")
+        return code
+
+    async def _log_shadow(self, cloud: LocalCloud) -> None:
+        """Log the device's reported shadow each time it changes."""
+        thing = self.config.client_id
+        last = 0
+        while True:
+            await trio.sleep(SHADOW_LOG_INTERVAL)
+            version = cloud.shadow.store.version(thing)
+            if version != last:
+                last = version
+                reported = cloud.reported(thing)
+                log.info(
+                    "shadow_holds",
+                    thing=thing,
+                    version=version,
+                    reported=sorted(reported),
+                )
+
+    async def _run_boots(self) -> ExitCode:
         if self.state is None:
             self.state = StateStore(self.config.state.directory / "state.db")
             earlier = self.state.reboots()
@@ -354,13 +491,15 @@ class Service:
         activated = self.firmware.activate_pending()
         if activated is not None:
             log.info("firmware_activated", previous=previous, running=activated)
-        backend = (
-            make_backend(self.config, self.firmware)
-            if self.backend_factory is None
-            else self.backend_factory(self.config)
-        )
+        config = self.config
+        if self.backend_factory is not None:
+            backend = self.backend_factory(config)
+        else:
+            if self.local_cloud is not None:
+                config = local_aws_config(config, self.local_cloud)
+            backend = make_backend(self.config, self.firmware, local=self.local_cloud)
         device = build_device(
-            self.config,
+            config,
             on_reboot,
             backend=backend,
             firmware=self.firmware,
