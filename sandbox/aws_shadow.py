@@ -517,6 +517,12 @@ class ShadowService(SandboxService):
     clock: Callable[[], float] = attrs.field(default=time.time)
     requests: int = attrs.field(default=0, init=False)
     _lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock, init=False)
+    # Set, and replaced by a fresh one, after every request handled.
+    _handled: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    async def wait_handled(self) -> None:
+        """Return after the next request has been applied and answered."""
+        await self._handled.wait()
 
     async def set_desired(self, thing: str, desired: JsonObject) -> list[Reply]:
         """Update the desired state, as a backend's UPDATE request would.
@@ -593,6 +599,8 @@ class ShadowService(SandboxService):
                         dumps(desired_cfg_republish(document)),
                         REPUBLISH_QOS,
                     )
+            self._handled.set()
+            self._handled = trio.Event()
             return replies
 
     def _log_reply(self, thing: str, suffix: str, document: JsonObject) -> None:

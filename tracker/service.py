@@ -24,7 +24,6 @@ import enum
 import functools
 import signal
 from collections.abc import Callable
-from typing import Final
 
 import attrs
 import structlog
@@ -60,13 +59,10 @@ from sandbox.local_cloud import LocalCloud, LocalCloudEndpoints
 from state.firmware import FirmwareStore
 from state.store import StateStore, StateStoreError
 from tracker.config import Config
+from tracker.warp import DeviceWallClock
 
 # Lazy: it follows whatever logging set-up is in force when it logs.
 log = structlog.get_logger(actor="service")
-
-#: Seconds between two looks at the device's shadow in the local cloud.
-SHADOW_LOG_INTERVAL: Final = 1.0
-
 
 class ExitCode(enum.IntEnum):
     """What ``tracker run`` exits with."""
@@ -233,6 +229,7 @@ def build_device(
     initial_config: DeviceConfig | None = None,
     persist_config: Callable[[DeviceConfig], None] | None = None,
     samples: SampleStore | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Device:
     """Wire a fresh tree from ``config``; nothing runs until it is supervised.
 
@@ -241,6 +238,8 @@ def build_device(
     configuration to boot with (the stored one) and ``persist_config``
     stores every change of it; ``samples`` keeps every accepted sample until
     it is delivered, and the data actor resends what it holds at boot.
+    ``clock`` is the device's wall clock (UNIX seconds) that stamps samples;
+    by default the host's.
 
     The P-GPS replies go to a ``PgpsDownloader``, supervised right after
     the backend, which records each reply with the modem and downloads the
@@ -304,6 +303,7 @@ def build_device(
         config=initial_config or DeviceConfig(),
         persist=persist_config,
         store=samples,
+        **({} if clock is None else {"clock": clock}),
     )
     app = AppActor(bus)
     actors: list[Actor] = [util, cloud, data, modem, location, sensor, ui, app]
@@ -367,6 +367,8 @@ class Service:
     booted: trio.Event = attrs.field(init=False, factory=trio.Event)
     local_cloud: LocalCloud | None = None
     local_ready: trio.Event = attrs.field(init=False, factory=trio.Event)
+    # One timeline for every boot, following the Trio clock (tracker.warp).
+    wall_clock: DeviceWallClock = attrs.field(factory=DeviceWallClock)
     _stop_requested: bool = attrs.field(init=False, default=False)
 
     def request_stop(self) -> None:
@@ -414,11 +416,15 @@ class Service:
         return code
 
     async def _log_shadow(self, cloud: LocalCloud) -> None:
-        """Log the device's reported shadow each time it changes."""
+        """Log the device's reported shadow each time it changes.
+
+        It waits for the shadow service rather than polling: a periodic
+        wake-up would also hold a time-warped run to steps of its period.
+        """
         thing = self.config.client_id
         last = 0
         while True:
-            await trio.sleep(SHADOW_LOG_INTERVAL)
+            await cloud.shadow.wait_handled()
             version = cloud.shadow.store.version(thing)
             if version != last:
                 last = version
@@ -506,6 +512,7 @@ class Service:
             initial_config=self._stored_config(),
             persist_config=None if self.state is None else self.state.save_config,
             samples=self.state,
+            clock=self.wall_clock,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -529,10 +536,14 @@ class Service:
         return outcome[0]
 
 
-async def run_until_signalled(service: Service) -> ExitCode:
+async def run_until_signalled(
+    service: Service, *, duration: float | None = None
+) -> ExitCode:
     """Run ``service``; the first SIGINT or SIGTERM stops it in order.
 
     A second signal cancels everything at once (``ExitCode.FORCED``).
+    With ``duration``, the service is also stopped in order once that many
+    seconds of Trio time have passed (``duration_reached``).
     """
     result: list[ExitCode] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -543,6 +554,14 @@ async def run_until_signalled(service: Service) -> ExitCode:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(serve, name="service")
+            if duration is not None:
+
+                async def stop_after(seconds: float) -> None:
+                    await trio.sleep(seconds)
+                    log.info("duration_reached", seconds=seconds)
+                    service.request_stop()
+
+                nursery.start_soon(stop_after, duration, name="duration")
             count = 0
             async for signum in signals:
                 count += 1
