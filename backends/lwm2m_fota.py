@@ -32,15 +32,17 @@ on top of the host's image slots (``state.firmware``)::
   that ``WrapperFotaDone`` itself, and the cloud actor turns it into
   ``CLOUD_EVT_FOTA_DONE``, the util actor into a reboot.
 * What must survive a reboot (state, result, URI, package name, version,
-  size and SHA-256) is kept in ``lwm2m_fota.json`` next to the slots,
-  replaced atomically.  At boot, after the bootloader's part
+  size and SHA-256) is kept in the state database through the image
+  slots' store (``FirmwareStore.save_status``, key ``lwm2m_fota``), one
+  transaction per change; the store imports the ``lwm2m_fota.json`` of
+  older releases at first open.  At boot, after the bootloader's part
   (``activate_pending``): Updating becomes result 1 when the running image
   is the one staged (by content, not by version) and result 8 otherwise;
   a Downloading left by a reboot becomes Idle with result 0, as the
   firmware does; Downloaded stays if the staged file is intact.  The image
   is confirmed by the cloud actor's set-up, as on the MQTT path; until it
-  is, the file keeps the image's digest, so that a revert at the boot after
-  (never confirmed) still turns the result into 8.
+  is, the saved state keeps the image's digest, so that a revert at the
+  boot after (never confirmed) still turns the result into 8.
 * Events (``asset_tracker_v2.md`` §15.5): ``WrapperFotaStart`` when the
   state becomes Downloading, ``WrapperFotaError`` whenever a failure result
   is set (also at boot after a failed update, as the firmware's result
@@ -56,10 +58,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
-import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -79,7 +79,7 @@ from backends.aws_fota import (
 from protocols import wrapper as wrap
 from protocols.lwm2m_formats import Record
 from protocols.lwm2m_objects import BadRequest, MethodNotAllowed, ObjectStore
-from state.firmware import FirmwareStore, FirmwareStoreError
+from state.firmware import LEGACY_STATUS_FILES, FirmwareStore, FirmwareStoreError
 
 log = structlog.get_logger(actor="lwm2m_fota")
 
@@ -155,9 +155,11 @@ DEFAULT_MAX_SIZE: Final = 1024 * 1024
 # refuses the operation instead of blocking the store's callback.
 QUEUE_SIZE: Final = 4
 
-# The file next to the slots that keeps the object's state over a reboot.
-STATE_FILE: Final = "lwm2m_fota.json"
-# Its format version.
+# The key of the object's state in the firmware store's status table.
+STATUS_KEY: Final = "lwm2m_fota"
+# The file that kept it before the state database (imported by the store).
+STATE_FILE: Final = LEGACY_STATUS_FILES[STATUS_KEY]
+# The saved state's format version.
 STATE_FORMAT: Final = 1
 
 # A version inside a package's file name ("app-1.0.1.bin" -> "1.0.1").
@@ -173,7 +175,7 @@ _HASH_CHUNK: Final = 64 * 1024
 
 
 class FotaStateError(Exception):
-    """The state file is unusable (the message names it and the problem)."""
+    """The saved state is unusable (the message names it and the problem)."""
 
 
 # How an operation the state does not allow is refused.  OMA's object
@@ -216,51 +218,32 @@ class _Saved:
         }
 
 
-def _integer(path: Path, raw: dict[str, Any], key: str) -> int:
+def _integer(where: str, raw: Mapping[str, Any], key: str) -> int:
     value = raw.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise FotaStateError(f"{path}: {key!r} is not an integer")
+        raise FotaStateError(f"{where}: {key!r} is not an integer")
     return value
 
 
-def _parse_saved(path: Path, text: str) -> _Saved:
+def _parse_saved(where: str, raw: Mapping[str, Any]) -> _Saved:
+    """The saved state from its JSON object; ``where`` names its place."""
+    if raw.get("format") != STATE_FORMAT:
+        raise FotaStateError(f"{where}: not a format {STATE_FORMAT} state")
     try:
-        raw = json.loads(text)
+        state = State(_integer(where, raw, "state"))
+        result = Result(_integer(where, raw, "result"))
     except ValueError as exc:
-        raise FotaStateError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT:
-        raise FotaStateError(f"{path}: not a format {STATE_FORMAT} state file")
-    try:
-        state = State(_integer(path, raw, "state"))
-        result = Result(_integer(path, raw, "result"))
-    except ValueError as exc:
-        raise FotaStateError(f"{path}: {exc}") from None
+        raise FotaStateError(f"{where}: {exc}") from None
     strings = {}
     for key in ("uri", "name", "version", "sha256", "verify"):
         value = raw.get(key)
         if not isinstance(value, str):
-            raise FotaStateError(f"{path}: {key!r} is not a string")
+            raise FotaStateError(f"{where}: {key!r} is not a string")
         strings[key] = value
     size = raw.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise FotaStateError(f"{path}: 'size' is not a non-negative integer")
+        raise FotaStateError(f"{where}: 'size' is not a non-negative integer")
     return _Saved(state, result, size=size, **strings)
-
-
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` as JSON: temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path | None) -> str:
@@ -423,9 +406,9 @@ class FirmwareUpdateObject:
     # -- boot ----------------------------------------------------------------
 
     @property
-    def state_file(self) -> Path:
-        """Where the object's state survives a reboot."""
-        return self.firmware.directory / STATE_FILE
+    def saved_where(self) -> str:
+        """Where the object's state survives a reboot (for messages)."""
+        return f"{self.firmware.database_file}: fota_status {STATUS_KEY!r}"
 
     @property
     def state(self) -> State:
@@ -438,16 +421,15 @@ class FirmwareUpdateObject:
         return self._saved.result
 
     def _load(self) -> _Saved:
-        path = self.state_file
         try:
-            text = path.read_text("utf-8")
-        except FileNotFoundError:
+            raw = self.firmware.load_status(STATUS_KEY)
+        except FirmwareStoreError as exc:
+            log.error("fota_state_unreadable", error=str(exc))
             return _Saved()
-        except (OSError, UnicodeDecodeError) as exc:
-            log.error("fota_state_unreadable", file=str(path), error=str(exc))
+        if raw is None:
             return _Saved()
         try:
-            return _parse_saved(path, text)
+            return _parse_saved(self.saved_where, raw)
         except FotaStateError as exc:
             # A fresh object: the server sees Idle and may start again.
             log.error("fota_state_unusable", error=str(exc))
@@ -538,14 +520,16 @@ class FirmwareUpdateObject:
         return f"/{OBJECT_ID}/{INSTANCE}/{resource}"
 
     def _save(self) -> None:
-        # XXX: a small blocking write (with fsync) in the Trio thread, from
-        # the store's synchronous callbacks; a few hundred bytes, once per
-        # state change, so a disk stall costs at most that one change.
+        # XXX: a small blocking transaction (with fsync) in the Trio thread,
+        # from the store's synchronous callbacks; a few hundred bytes, once
+        # per state change, so a disk stall costs at most that one change.
+        # It may also wait for the firmware store's lock while a worker
+        # thread commits a staged image (one rename, two fsyncs).
         try:
-            _write_atomically(self.state_file, self._saved.to_json())
-        except OSError as exc:
+            self.firmware.save_status(STATUS_KEY, self._saved.to_json())
+        except (FirmwareStoreError, OSError) as exc:
             # The object goes on in memory; a reboot would forget it.
-            log.error("fota_state_not_saved", file=str(self.state_file),
+            log.error("fota_state_not_saved", where=self.saved_where,
                       error=str(exc))
 
     def _update(self, **changes: Any) -> None:

@@ -1,20 +1,29 @@
-"""The device's persistent state in SQLite: configuration and reboots.
+"""The device's persistent state in SQLite: configuration, reboots, firmware.
 
 The firmware keeps its configuration in flash under ``data_module/config``
 and loses nothing else across a reboot that it needs.  The host also keeps
 every sample the data actor accepted until the cloud has acknowledged it or
 a documented policy dropped it (table ``samples``, schema 2; see
-``actors.data``), so that a killed process resends what was not delivered.
-The host keeps all of it in one SQLite database, in WAL mode with
-``synchronous=FULL``: every write is one transaction, so a process killed
-at any moment leaves either the old or the new value, never half of one.
+``actors.data``), so that a killed process resends what was not delivered,
+and what its image slots hold and where a FOTA client stands (schema 3; see
+``state.firmware``).  The host keeps all of it in one SQLite database, in
+WAL mode with ``synchronous=FULL``: every write is one transaction, so a
+process killed at any moment leaves either the old or the new value, never
+half of one.
+
+Several connections may use the database at once (WAL): ``StateStore``
+holds one, ``state.firmware.FirmwareStore`` another.  Both open it with
+``open_database``, the one place that knows the pragmas and the schema.
 
 Schema versions
 ---------------
 ``PRAGMA user_version`` holds the schema version.  Opening a database runs
-every migration above its version, in order, each in its own transaction;
-a database written by a newer release (a version above the newest known
-here) is refused rather than guessed at.
+every migration above its version, in order, each in its own transaction
+(``BEGIN IMMEDIATE``, the version read again under the write lock, the
+statements, the new version, ``COMMIT``): a crash inside a migration leaves
+the version before it, and two connections opening an old database at the
+same time run each migration once.  A database written by a newer release
+(a version above the newest known here) is refused rather than guessed at.
 """
 
 from __future__ import annotations
@@ -60,12 +69,37 @@ MIGRATIONS: Final[Sequence[str]] = (
     CREATE INDEX samples_pending ON samples (state)
         WHERE state IN ('queued', 'sent');
     """,
+    # 3: the host's image slots (state.firmware: at most one row per slot,
+    # the swap flags in one row, none of either on a fresh device) and the
+    # state FOTA clients keep over a reboot, one JSON object per client.
+    """
+    CREATE TABLE firmware_slots (
+        slot TEXT PRIMARY KEY CHECK (slot IN ('primary', 'secondary')),
+        version TEXT NOT NULL,
+        image TEXT
+    );
+    CREATE TABLE firmware_swap (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pending INTEGER NOT NULL,
+        confirmed INTEGER NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE fota_status (
+        key TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )
 SAMPLE_STATES: Final = ("queued", "sent", "delivered", "dropped")
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 # The firmware's settings key for the configuration struct.
 CONFIG_KEY: Final = "data_module/config"
+
+# Seconds a connection waits for another one's write lock before it fails
+# (sqlite3's default; writes are single small transactions).
+BUSY_TIMEOUT: Final = 5.0
 
 
 class StateStoreError(Exception):
@@ -79,6 +113,86 @@ class RebootRecord:
     at: float
     reason: str
     cause: str
+
+
+def _statements(script: str) -> list[str]:
+    """``script`` cut into complete SQL statements, in order."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        raise ValueError(f"incomplete SQL statement: {current.strip()!r}")
+    return statements
+
+
+def _version(db: sqlite3.Connection) -> int:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Run every migration above the database's version (module docstring)."""
+    while True:
+        version = _version(db)
+        if version > SCHEMA_VERSION:
+            raise StateStoreError(
+                f"{path}: schema version {version} is newer than this "
+                f"release knows ({SCHEMA_VERSION})"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another connection may have migrated while this one waited.
+            version = _version(db)
+            if version < SCHEMA_VERSION:
+                for statement in _statements(MIGRATIONS[version]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (or create) the state database at ``path``, migrated.
+
+    The connection is in autocommit mode (``isolation_level=None``: every
+    transaction is an explicit ``BEGIN``), in WAL mode with
+    ``synchronous=FULL``, and may be used from another thread (the caller
+    serialises its use).
+
+    Raises:
+      StateStoreError: the file is not a usable database or its schema is
+        newer than this release; the message names the file.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise StateStoreError(f"{path}: {exc}") from exc
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        _migrate(db, path)
+    except sqlite3.Error as exc:
+        db.close()
+        raise StateStoreError(f"{path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _config_to_json(config: DeviceConfig) -> str:
@@ -114,41 +228,16 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StateStoreError(f"{path}: {exc}") from exc
+        self._db = open_database(path)
 
     def close(self) -> None:
         """Close the database; idempotent."""
         self._db.close()
 
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StateStoreError(
-                f"{self.path}: schema version {version} is newer than this "
-                f"release knows ({SCHEMA_VERSION})"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            # executescript commits first; the migration and the version
-            # bump then go in one explicit transaction.
-            self._db.executescript(
-                f"BEGIN; {MIGRATIONS[target - 1]} PRAGMA user_version = {target}; "
-                "COMMIT;"
-            )
-
     @property
     def schema_version(self) -> int:
         """The database's schema version."""
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        return int(version)
+        return _version(self._db)
 
     # -- configuration -------------------------------------------------
 

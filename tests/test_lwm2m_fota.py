@@ -11,8 +11,8 @@ the one test without network; every wait is bounded by ``fail_after``.
 
 from __future__ import annotations
 
-import json
 import math
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 
 from backends.lwm2m_fota import (
     STATE_FILE,
+    STATUS_KEY,
     UPDATE_DELAY,
     FirmwareUpdateObject,
     Result,
@@ -178,9 +179,13 @@ async def download(rig: Rig, name: str = NAME, data: bytes = IMAGE) -> None:
 
 
 def saved(tmp_path: FilePath) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(
-        (tmp_path / "firmware" / STATE_FILE).read_text()
-    )
+    """The object's state as committed to the state database."""
+    firmware = FirmwareStore(tmp_path / "firmware")
+    try:
+        result = firmware.load_status(STATUS_KEY)
+    finally:
+        firmware.close()
+    assert result is not None
     return result
 
 
@@ -194,7 +199,8 @@ class TestResources:
         assert boot.objects.get("/5/0/8") == {0: 2, 1: 3}
         assert boot.objects.get("/5/0/9") == 2
         assert boot.objects.get("/5/0/6") == ""
-        assert not (tmp_path / "firmware" / STATE_FILE).exists()
+        assert boot.firmware.load_status(STATUS_KEY) is None
+        assert not (tmp_path / "state.db").exists()
 
     def test_package_is_write_only(self, tmp_path: FilePath) -> None:
         """The server cannot read Package (the store refuses, 4.05)."""
@@ -719,11 +725,19 @@ class TestBoot:
             assert await boot_events(boot) == []
 
     @pytest.mark.parametrize(
-        "content",
-        [b"{not json", b'{"format": 1, "state": 7}', b"[]", b"\xff\xfe"],
+        ("content", "named"),
+        [
+            (b"{not json", STATE_FILE),
+            (b"[]", STATE_FILE),
+            (b"\xff\xfe", STATE_FILE),
+            # A JSON object is imported; the object refuses the row.
+            (b'{"format": 1, "state": 7}', f"fota_status '{STATUS_KEY}'"),
+        ],
     )
-    def test_unusable_state_file(self, tmp_path: FilePath, content: bytes) -> None:
-        """A corrupt state file: logged with its name, Idle, no crash."""
+    def test_unusable_legacy_state_file(
+        self, tmp_path: FilePath, content: bytes, named: str
+    ) -> None:
+        """A corrupt state file of an older release: logged by name, Idle."""
         directory = tmp_path / "firmware"
         directory.mkdir()
         (directory / STATE_FILE).write_bytes(content)
@@ -734,7 +748,40 @@ class TestBoot:
         assert boot.objects.get(STATE) == 0
         problems = [e for e in logs if e["log_level"] == "error"]
         assert problems
-        assert STATE_FILE in str(problems[0])
+        assert named in str(problems[0])
+        assert not (directory / STATE_FILE).exists()
+
+    @pytest.mark.parametrize(
+        "body", ["{not json", "[]", '{"format": 1, "state": 7}', '{"format": 2}']
+    )
+    def test_unusable_saved_state(self, tmp_path: FilePath, body: str) -> None:
+        """A corrupt row: logged naming the database and key, Idle, no crash."""
+        firmware = FirmwareStore(tmp_path / "firmware")
+        firmware.save_status(STATUS_KEY, {"format": 1})
+        with sqlite3.connect(firmware.database_file) as db:
+            db.execute("UPDATE fota_status SET body = ?", (body,))
+
+        with capture_logs() as logs:
+            boot = reboot(tmp_path)
+
+        assert boot.objects.get(STATE) == 0
+        assert boot.objects.get(RESULT) == 0
+        problems = [e for e in logs if e["log_level"] == "error"]
+        assert problems
+        where = f"{firmware.database_file}: fota_status '{STATUS_KEY}'"
+        assert where in str(problems[0])
+
+    def test_unwritable_database_is_logged(self, tmp_path: FilePath) -> None:
+        """The state cannot be committed: logged, the object goes on."""
+        boot = reboot(tmp_path)
+        # A directory where the database belongs: it cannot be opened.
+        (tmp_path / "state.db").mkdir()
+
+        with capture_logs() as logs:
+            write(boot.objects, URI, "ftp://example.com/app.bin")
+
+        assert boot.objects.get(STATE) == 1
+        assert any(e["event"] == "fota_state_not_saved" for e in logs)
 
 
 class TestHelpers:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 from protocols.config import DeviceConfig, NoData
-from state.store import CONFIG_KEY, SCHEMA_VERSION, StateStore, StateStoreError
+from state.store import (
+    CONFIG_KEY,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    StateStore,
+    StateStoreError,
+)
 
 WRITER = """
 import sys
@@ -26,6 +35,108 @@ while True:
     store.save_config(DeviceConfig(active_wait_timeout=n))
     n += 1
 """
+
+
+# The configuration an older release stored.
+OLD_CONFIG = DeviceConfig(location_timeout=90)
+
+
+def old_database(path: Path, version: int) -> None:
+    """A database as the release with schema ``version`` left it, with data."""
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS[:version]:
+            db.executescript(script)
+        db.execute(f"PRAGMA user_version = {version}")
+        db.execute(
+            "INSERT INTO config (key, value, updated) VALUES (?, ?, 1.0)",
+            (CONFIG_KEY, json.dumps(attrs.asdict(OLD_CONFIG), sort_keys=True)),
+        )
+        db.execute(
+            "INSERT INTO reboots (at, reason, cause) VALUES (2.0, 'generic', 'x')"
+        )
+        if version >= 2:
+            db.execute(
+                "INSERT INTO samples (kind, body, state, updated) "
+                "VALUES ('bat', '{\"v\": 3600}', 'queued', 3.0)"
+            )
+    db.close()
+
+
+def tables(path: Path) -> set[str]:
+    """The tables of the database at ``path``."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        names = {str(name) for (name,) in rows}
+    db.close()
+    return names
+
+
+class TestMigrations:
+    @pytest.mark.parametrize("version", [1, 2])
+    def test_old_database_keeps_its_rows(self, tmp_path: Path, version: int) -> None:
+        """v1 and v2 migrate to the newest schema; nothing stored is lost."""
+        path = tmp_path / "state.db"
+        old_database(path, version)
+
+        store = StateStore(path)
+
+        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.load_config() == OLD_CONFIG
+        assert [(r.at, r.reason, r.cause) for r in store.reboots()] == [
+            (2.0, "generic", "x")
+        ]
+        expected = [(1, "bat", '{"v": 3600}')] if version >= 2 else []
+        assert store.pending_samples() == expected
+        assert {"firmware_slots", "firmware_swap", "fota_status"} <= tables(path)
+        with sqlite3.connect(path) as db:
+            for table in ("firmware_slots", "firmware_swap", "fota_status"):
+                assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        db.close()
+
+    def test_failed_migration_changes_nothing(self, tmp_path: Path) -> None:
+        """A migration that fails halfway is rolled back whole."""
+        path = tmp_path / "state.db"
+        old_database(path, 2)
+        with sqlite3.connect(path) as db:
+            # Migration 3 creates two tables, then fails on this one.
+            db.execute("CREATE TABLE fota_status (x)")
+        db.close()
+
+        with pytest.raises(StateStoreError, match="fota_status already exists"):
+            StateStore(path)
+
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        db.close()
+        assert "firmware_slots" not in tables(path)
+        assert "samples" in tables(path)
+
+    def test_concurrent_openers_migrate_once(self, tmp_path: Path) -> None:
+        """Connections opening an old database together all succeed."""
+        path = tmp_path / "state.db"
+        old_database(path, 1)
+        start = threading.Barrier(6)
+        opened: list[int] = []
+        failed: list[BaseException] = []
+
+        def open_it() -> None:
+            start.wait()
+            try:
+                store = StateStore(path)
+                opened.append(store.schema_version)
+                store.close()
+            except BaseException as exc:  # reported by the assertion below
+                failed.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert failed == []
+        assert opened == [SCHEMA_VERSION] * 6
+        assert StateStore(path).load_config() == OLD_CONFIG
 
 
 class TestStateStore:
