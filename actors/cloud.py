@@ -40,7 +40,9 @@ raises ``CloudDataDelivered``; a message the QoS library gives up
 a send that never reached the backend (dropped while offline, a failed
 transmission of a message without QoS, a QoS-0 announcement while
 disconnected) raises ``CloudDataUnsent``, and the data actor queues the
-samples again, where the firmware would lose them.
+samples again, where the firmware would lose them.  A cloud that confirms
+sends itself (LwM2M's Send, answered 2.04 by the server) reports each
+outcome as ``WrapperSendResult``, turned into the same two events.
 """
 
 from __future__ import annotations
@@ -362,11 +364,11 @@ class CloudActor(Actor):
             case DebugMemfaultDataReady(data=data):
                 self._qos_add(MessageType.MEMFAULT, QosFlag.ACK_REQUIRED, Payload(data))
             case DataSend(payload=payload) if self.backend.sends_object_paths:
-                await self._call_backend("data_send", payload, True, 0)
+                await self._send_paths("data_send", payload)
             case DataUiDataSend(payload=payload) | DataImpactDataSend(
                 payload=payload
             ) if self.backend.sends_object_paths:
-                await self._call_backend("ui_send", payload, True, 0)
+                await self._send_paths("ui_send", payload)
             case DataCloudLocationDataSend(
                 payload=payload
             ) if self.backend.sends_object_paths:
@@ -516,6 +518,13 @@ class CloudActor(Actor):
             return False
         return True
 
+    async def _send_paths(self, method: str, payload: Payload) -> None:
+        # The backend reports the outcome (WrapperSendResult) once the cloud
+        # answers; a send it refuses at once is not sent at all.
+        if not await self._call_backend(method, payload, True, 0):
+            if payload.sample_ids:
+                self.emit(CloudDataUnsent(payload.sample_ids))
+
     def _drop_send(self, message: Event) -> None:
         # The firmware ignores sends while the cloud is down (and leaks their
         # buffers); the data actor keeps its samples until they are sent.
@@ -612,6 +621,11 @@ class CloudActor(Actor):
                     self.log.debug("ack_unknown_id", id=message_id)
             case wrap.WrapperPingAck():
                 self.qos.notify_all()
+            case wrap.WrapperSendResult(sample_ids=ids, delivered=delivered):
+                if ids:
+                    self.emit(
+                        CloudDataDelivered(ids) if delivered else CloudDataUnsent(ids)
+                    )
             case wrap.WrapperError(err=err):
                 self.last_error = f"backend error {err}"
                 self.emit(CloudError(err))

@@ -118,7 +118,7 @@ import errno
 import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Final, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import cattrs
@@ -238,6 +238,33 @@ POSITIVE_FIELDS: Final = (
 DATA_TYPES_MAX: Final = len(AppData)
 
 
+@runtime_checkable
+class ObjectPathEncoder(Protocol):
+    """A codec that writes samples into objects and sends their paths (LwM2M).
+
+    Each method returns a ``Payload`` whose ``paths`` name what the Send
+    carries, or raises ``NothingToSend``.  Such a cloud has no batch and no
+    impact messages: the batch's entries stay queued (as in the firmware,
+    where the codec answers -ENOTSUP) and impacts are never encoded.
+    """
+
+    def encode_regular(
+        self,
+        *,
+        btn: Button | None = None,
+        impact: Impact | None = None,
+        dev: ModemStaticData | None = None,
+        roam: ModemDynamicData | None = None,
+        gnss: GnssData | None = None,
+        env: EnvironmentalData | None = None,
+        bat: Battery | None = None,
+    ) -> Payload: ...
+
+    def encode_ui(self, button: Button) -> Payload: ...
+
+    def encode_cloud_location(self, request: CloudLocationRequest) -> Payload: ...
+
+
 def merge_config(
     current: DeviceConfig, received: DeviceConfig
 ) -> tuple[DeviceConfig, list[str]]:
@@ -262,6 +289,13 @@ def _to_unix(item: _T, offset_ms: int) -> _T:
     """A copy of ``item`` with its uptime timestamp moved to UNIX ms."""
     stamp: int = item.timestamp  # type: ignore[attr-defined]
     return attrs.evolve(item, timestamp=stamp + offset_ms)  # type: ignore[misc]
+
+
+def _payload(data: bytes | Payload, sample_ids: tuple[int, ...]) -> Payload:
+    """A document, or a codec's path list, carrying ``sample_ids``."""
+    if isinstance(data, Payload):
+        return attrs.evolve(data, sample_ids=sample_ids)
+    return Payload(data, sample_ids=sample_ids)
 
 
 def _encode_button(button: Button) -> bytes:
@@ -289,8 +323,9 @@ class DataActor(Actor):
         while the cloud is not connected (nRF Cloud needs the report before
         it declares the session ready).
       flavour: the JSON layout of the data documents (AWS or Azure); None
-        for a cloud that takes no JSON data documents (the scripted and
-        LwM2M backends): samples are then buffered but never encoded.
+        for a cloud that takes no JSON data documents: samples are then
+        buffered but never encoded, unless the codec is an
+        ``ObjectPathEncoder`` (LwM2M), which writes them into objects.
       buffer_sizes: entries per ring (defaults: the Kconfig defaults).
       clock: the wall clock in UNIX seconds, read at encode time.
       uptime_origin: the Trio time that is uptime 0 for the samples; None
@@ -559,8 +594,14 @@ class DataActor(Actor):
 
     # -- encoding (CLOUD_CONNECTED) ---------------------------------------
 
+    @property
+    def _paths_codec(self) -> ObjectPathEncoder | None:
+        """The codec, when it sends object paths instead of documents."""
+        codec = self.codec
+        return codec if isinstance(codec, ObjectPathEncoder) else None
+
     def _can_encode(self) -> bool:
-        if self.flavour is None:
+        if self.flavour is None and self._paths_codec is None:
             return False
         if not self.date_time_valid:
             self.counters["encode_deferred_no_time"] += 1
@@ -575,19 +616,26 @@ class DataActor(Actor):
     def _encode_data(self) -> None:
         if not self._can_encode():
             return
-        assert self.flavour is not None
         offset = self._offset_ms()
         buffers = self.buffers
+        paths_codec = self._paths_codec
         try:
             request = buffers.cloud_location.latest()
             if request is not None:
                 ring = buffers.cloud_location
+                stamped = _to_unix(request, offset)
                 sent = self._send_part(
                     DataCloudLocationDataSend,
-                    lambda: encode_cloud_location(_to_unix(request, offset)),
+                    (lambda: paths_codec.encode_cloud_location(stamped))
+                    if paths_codec is not None
+                    else (lambda: encode_cloud_location(stamped)),
                     self._ids([self.sample_ids[ring.name].latest()]),
                 )
                 self._taken([self._take_latest(ring)], sent)
+            if paths_codec is not None:
+                self._encode_regular_paths(paths_codec, offset)
+                return
+            assert self.flavour is not None
 
             newest = {
                 key: None if item is None else _to_unix(item, offset)
@@ -636,6 +684,29 @@ class DataActor(Actor):
         except ValueError as exc:
             self._encode_failed(exc)
 
+    def _encode_regular_paths(self, codec: ObjectPathEncoder, offset: int) -> None:
+        """The regular update of a cloud that sends object paths (LwM2M).
+
+        No impact and no batch: those entries stay in their rings.
+        """
+        b = self.buffers
+        rings = [r for r in self._data_rings() if r is not b.impact]
+
+        def newest(ring: RingBuffer[_T]) -> _T | None:
+            item = ring.latest()
+            return None if item is None else _to_unix(item, offset)
+
+        btn, dev, roam = newest(b.ui), newest(b.modem_static), newest(b.modem_dynamic)
+        gnss, env, bat = newest(b.gnss), newest(b.sensors), newest(b.battery)
+        sent = self._send_part(
+            DataSend,
+            lambda: codec.encode_regular(
+                btn=btn, dev=dev, roam=roam, gnss=gnss, env=env, bat=bat
+            ),
+            self._ids([self.sample_ids[r.name].latest() for r in rings]),
+        )
+        self._taken([self._take_latest(r) for r in rings], sent)
+
     def _data_rings(self) -> list[RingBuffer[Any]]:
         # In the order of _BATCH_KEYS.
         b = self.buffers
@@ -647,7 +718,7 @@ class DataActor(Actor):
     def _send_part(
         self,
         event: Callable[[Payload], Any],
-        encode: Callable[[], bytes],
+        encode: Callable[[], bytes | Payload],
         sample_ids: tuple[int, ...] = (),
     ) -> bool:
         """Encode one part and publish it; an empty part is skipped (False)."""
@@ -656,17 +727,23 @@ class DataActor(Actor):
         except NothingToSend:
             return False
         self.counters[f"sent_{event.__name__}"] += 1  # type: ignore[attr-defined]
-        self.emit(event(Payload(data, sample_ids=sample_ids)))
+        self.emit(event(_payload(data, sample_ids)))
         return True
 
     def _encode_message(
         self,
         ring: RingBuffer[_T],
-        encode: Callable[[_T], bytes],
+        encode: Callable[[_T], bytes | Payload],
         event: Callable[[Payload], Any],
     ) -> None:
         if not self._can_encode():
             return
+        paths_codec = self._paths_codec
+        if paths_codec is not None:
+            if ring is not self.buffers.ui:
+                # No impact messages on such a cloud (wire.md §5.4).
+                return
+            encode = paths_codec.encode_ui  # type: ignore[assignment]
         item = ring.latest()
         if item is None:
             # Already sent with a regular update or an earlier message.
@@ -679,7 +756,7 @@ class DataActor(Actor):
             return
         ids = self._ids([self.sample_ids[ring.name].latest()])
         self.counters[f"sent_{event.__name__}"] += 1  # type: ignore[attr-defined]
-        self.emit(event(Payload(data, sample_ids=ids)))
+        self.emit(event(_payload(data, ids)))
         self._taken([self._take_latest(ring)], True)
 
     def _encode_failed(self, exc: ValueError) -> None:

@@ -166,3 +166,19 @@ class WrapperError(WrapperEvent):
 
     spec_name: ClassVar[str] = "CLOUD_WRAP_EVT_ERROR"
     err: int
+
+
+@attrs.frozen
+class WrapperSendResult(WrapperEvent):
+    """The outcome of a send the cloud answers itself (host only).
+
+    The LwM2M Send operation is confirmed by the server's 2.04, not by the
+    QoS library, so the backend reports each send's outcome: ``delivered``
+    when the server took it, else not sent (the data actor keeps the
+    samples for the next connection).  The firmware has no such event: it
+    forgets a sample once handed over.
+    """
+
+    spec_name: ClassVar[str] = "HOST_CLOUD_WRAP_EVT_SEND_RESULT"
+    sample_ids: tuple[int, ...]
+    delivered: bool
