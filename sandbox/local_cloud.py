@@ -11,7 +11,10 @@ Design
   and P-GPS predictions, serving ``<directory>/files``;
 * the device shadow, IoT Jobs and A-GNSS/P-GPS services, each an MQTT
   client of that broker with a certificate of its own (client ids
-  ``local-cloud-shadow``, ``local-cloud-jobs``, ``local-cloud-assistance``).
+  ``local-cloud-shadow``, ``local-cloud-jobs``, ``local-cloud-assistance``);
+* when given ports, the LwM2M server (``sandbox.lwm2m_server``): CoAP over
+  DTLS with the pre-shared keys of ``lwm2m_credentials`` (identity = the
+  endpoint name), and plain CoAP for tools without DTLS.
 
 Every certificate comes from ``sandbox.certs.LocalPki`` in ``directory``
 (``ca.pem``, ``server.pem``, ``devices/<client id>.pem``); ``issue()`` makes
@@ -47,6 +50,7 @@ from sandbox.aws_shadow import ShadowService
 from sandbox.broker import EmbeddedBroker
 from sandbox.certs import CertFiles, LocalPki
 from sandbox.files import FileServer
+from sandbox.lwm2m_server import LocalLwm2mServer, Lwm2mServerSettings
 
 __all__ = ["LocalCloud", "LocalCloudEndpoints"]
 
@@ -88,6 +92,8 @@ class LocalCloudEndpoints:
         cert_directory: Where device certificates are kept
             (``<client id>.pem`` and ``<client id>.key``).
         files_directory: What the file server serves.
+        lwm2m_port: The LwM2M server's CoAP over DTLS port, if it serves.
+        coap_port: The LwM2M server's plain CoAP port, if it serves.
     """
 
     host: str
@@ -96,6 +102,8 @@ class LocalCloudEndpoints:
     ca_file: Path
     cert_directory: Path
     files_directory: Path
+    lwm2m_port: int | None = None
+    coap_port: int | None = None
 
     def file_url(self, name: str) -> str:
         """The HTTPS URL of ``files_directory / name``."""
@@ -111,6 +119,11 @@ class LocalCloud:
         host: The address to listen on.
         mqtt_port: The broker's port; 0 picks a free one.
         http_port: The file server's port; 0 picks a free one.
+        lwm2m_port: The LwM2M server's CoAP over DTLS port (0 picks a free
+            one; ``None``: no DTLS listener, as also without credentials).
+        coap_port: The LwM2M server's plain CoAP port (0 picks a free one;
+            ``None``: none).  Without either port there is no LwM2M server.
+        lwm2m_credentials: DTLS PSK identity (an endpoint name) -> key.
         verbose: Let the broker library log every connection.
     """
 
@@ -118,6 +131,9 @@ class LocalCloud:
     host: str = "127.0.0.1"
     mqtt_port: int = 8883
     http_port: int = 0
+    lwm2m_port: int | None = None
+    coap_port: int | None = None
+    lwm2m_credentials: dict[bytes, bytes] = attrs.field(factory=dict)
     verbose: bool = False
     pki: LocalPki = attrs.field(init=False)
     shadow: ShadowService = attrs.field(factory=ShadowService, init=False)
@@ -125,6 +141,7 @@ class LocalCloud:
     assistance: AssistanceService | None = attrs.field(default=None, init=False)
     files: FileServer | None = attrs.field(default=None, init=False)
     broker: EmbeddedBroker | None = attrs.field(default=None, init=False)
+    lwm2m: LocalLwm2mServer | None = attrs.field(default=None, init=False)
     endpoints: LocalCloudEndpoints | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -177,6 +194,32 @@ class LocalCloud:
         reported = state.get("reported", {}) if isinstance(state, dict) else {}
         return reported if isinstance(reported, dict) else {}
 
+    def lwm2m_uri(self) -> str:
+        """The ``coaps://`` URI of the running LwM2M server.
+
+        Raises:
+            RuntimeError: the cloud is not running, or serves no CoAP/DTLS.
+        """
+        port = None if self.endpoints is None else self.endpoints.lwm2m_port
+        if port is None:
+            raise RuntimeError("the local cloud serves no LwM2M over DTLS")
+        return f"coaps://{_url_host(self.client_host)}:{port}"
+
+    def _lwm2m_server(self) -> LocalLwm2mServer | None:
+        coaps_port = self.lwm2m_port if self.lwm2m_credentials else None
+        if coaps_port is None and self.coap_port is None:
+            return None
+        # aiocoap's DTLS server binds one address, not a wildcard.
+        host = self.client_host
+        return LocalLwm2mServer(
+            Lwm2mServerSettings(
+                host=host,
+                coap_port=self.coap_port,
+                coaps_port=coaps_port,
+                psk=self.lwm2m_credentials,
+            )
+        )
+
     async def run(
         self,
         *,
@@ -215,6 +258,10 @@ class LocalCloud:
             http_port = await nursery.start(
                 functools.partial(self.files.run, port=self.http_port)
             )
+            lwm2m = self._lwm2m_server()
+            if lwm2m is not None:
+                await nursery.start(lwm2m.run)
+            self.lwm2m = lwm2m
             endpoints = LocalCloudEndpoints(
                 host=self.client_host,
                 mqtt_port=mqtt_port,
@@ -222,6 +269,8 @@ class LocalCloud:
                 ca_file=ca_file,
                 cert_directory=self.pki.device_directory,
                 files_directory=files_directory,
+                lwm2m_port=None if lwm2m is None else lwm2m.coaps_port,
+                coap_port=None if lwm2m is None else lwm2m.coap_port,
             )
             self.endpoints = endpoints
             # P-GPS replies name the host (and port) the device downloads from.
@@ -245,6 +294,8 @@ class LocalCloud:
                     host=endpoints.host,
                     mqtt_port=mqtt_port,
                     http_port=http_port,
+                    lwm2m_port=endpoints.lwm2m_port,
+                    coap_port=endpoints.coap_port,
                     ca_file=str(ca_file),
                     cert_directory=str(endpoints.cert_directory),
                 )

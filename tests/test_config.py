@@ -300,8 +300,15 @@ BAD_SETTINGS = [
         '[cloud.lwm2m]\npsk = ""\n',
         "cloud.lwm2m.psk",
         '""',
-        "must be 1 to 64 bytes",
+        "must be 1 to 16 bytes",
         id="psk-empty",
+    ),
+    pytest.param(
+        '[cloud.lwm2m]\npsk = "' + "ab" * 17 + '"\n',
+        "cloud.lwm2m.psk",
+        '"' + "ab" * 17 + '"',
+        "the DTLS library fails longer keys), got 17",
+        id="psk-too-long",
     ),
     pytest.param(
         '[cloud.lwm2m]\nserver_uri = "https://eu.iot.avsystem.cloud"\n',

@@ -19,6 +19,8 @@ from structlog.testing import capture_logs
 
 from backends.errors import BackendError
 from backends.mqtt_transport import MqttMessage, MqttSession, open_mqtt_session
+from protocols.lwm2m_formats import Path as LwPath
+from protocols.lwm2m_formats import Record
 from sandbox.certs import InvalidClientId, LocalPki
 from sandbox.local_cloud import LocalCloud, LocalCloudEndpoints
 from tracker.config import ConfigError, default_config, parse_config
@@ -197,12 +199,12 @@ class TestConfig:
         assert config.cloud.local.cloud == "aws"
         assert config.cloud.local.directory == tmp_path / "var" / "local-cloud"
 
-    def test_lwm2m_is_not_available_yet(self) -> None:
-        with pytest.raises(ConfigError) as caught:
-            parse_config('[cloud.local]\ncloud = "lwm2m"\n', source="t.toml")
-        assert str(caught.value) == (
-            't.toml: cloud.local.cloud = "lwm2m": '
-            "lwm2m is not available in the local cloud yet"
+    def test_lwm2m_is_a_choice(self) -> None:
+        config = parse_config('[cloud.local]\ncloud = "lwm2m"\n')
+        assert config.cloud.local.cloud == "lwm2m"
+        assert (config.cloud.local.lwm2m_port, config.cloud.local.coap_port) == (
+            5684,
+            5683,
         )
 
     def test_unknown_local_cloud(self) -> None:
@@ -222,6 +224,8 @@ class TestDeviceOnLocalCloud:
 [cloud.local]
 mqtt_port = 0
 http_port = 0
+lwm2m_port = 0
+coap_port = 0
 [modem]
 attach_delay = 0.1
 [sources]
@@ -262,6 +266,7 @@ directory = "{tmp_path / "state"}"
             port = taken.getsockname()[1]
             config = parse_config(
                 f"[cloud.local]\nmqtt_port = {port}\nhttp_port = 0\n"
+                "lwm2m_port = 0\ncoap_port = 0\n"
                 f'[state]\ndirectory = "{tmp_path / "state"}"\n'
             )
             service = Service(config)
@@ -273,6 +278,26 @@ directory = "{tmp_path / "state"}"
         assert f"127.0.0.1:{port}" in error["error"]
         assert "address already in use" in error["error"]
 
+    async def test_lwm2m_port_in_use_exits_with_config_code(
+        self, tmp_path: Path
+    ) -> None:
+        """The LwM2M server cannot listen: exit code 2, naming the port."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            config = parse_config(
+                "[cloud.local]\nmqtt_port = 0\nhttp_port = 0\n"
+                f"lwm2m_port = 0\ncoap_port = {port}\n"
+                f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+            )
+            service = Service(config)
+            with capture_logs() as logs, trio.fail_after(15):
+                code = await service.run()
+        assert code == ExitCode.CONFIG
+        assert not service.booted.is_set()
+        [error] = [e for e in logs if e["event"] == "local_cloud_unavailable"]
+        assert f"127.0.0.1:{port}" in error["error"]
+
     async def test_firmware_update_through_the_local_cloud(
         self, tmp_path: Path
     ) -> None:
@@ -283,6 +308,8 @@ directory = "{tmp_path / "state"}"
 [cloud.local]
 mqtt_port = 0
 http_port = 0
+lwm2m_port = 0
+coap_port = 0
 [modem]
 attach_delay = 0.1
 [util]
@@ -338,3 +365,68 @@ directory = "{tmp_path / "state"}"
         ]  # fmt: skip
         assert service.firmware.running_version == "1.0.1"
         assert service.firmware.confirmed
+
+
+class TestLocalLwm2m:
+    async def test_device_speaks_lwm2m_to_the_local_cloud(
+        self, tmp_path: Path
+    ) -> None:
+        """Register over DTLS, Send data, take a config write, de-register."""
+        config = parse_config(
+            f"""
+[cloud.local]
+cloud = "lwm2m"
+mqtt_port = 0
+http_port = 0
+lwm2m_port = 0
+coap_port = 0
+[modem]
+attach_delay = 0.1
+[sources]
+seed = {QUICK_FIX_SEED}
+[state]
+directory = "{tmp_path / "state"}"
+"""
+        )
+        endpoint = f"urn:imei:{IMEI}"
+        service = Service(config)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(service.run)
+                await service.local_ready.wait()
+                cloud = service.local_cloud
+                assert cloud is not None and cloud.lwm2m is not None
+                server = cloud.lwm2m
+                registered = await server.wait_for("registered", endpoint)
+                await server.wait_for(
+                    "send",
+                    endpoint,
+                    predicate=lambda event: "/6/0/0" in server.sends[endpoint],
+                )
+                held = dict(server.sends[endpoint])
+                assert service.state is not None
+                # The server's 2.04 settles the samples the Send carried.
+                await wait_until(
+                    lambda: service.state is not None
+                    and service.state.sample_counts().get("delivered", 0) >= 4
+                )
+                # Passive mode, written by the server into object 50009.
+                code = await server.write(
+                    endpoint, "/50009/0/0", [Record(LwPath.parse("/50009/0/0"), True)]
+                )
+                await wait_until(
+                    lambda: service.device is not None
+                    and not service.device.data.config.active_mode
+                )
+                service.request_stop()
+                await server.wait_for("deregistered", endpoint)
+                await wait_until(lambda: service.stopped_by is not None)
+
+        assert registered.endpoint == endpoint
+        assert endpoint not in server.registrations
+        # Battery (a multiple resource), signal strength and the GNSS fix.
+        assert {"/3/0/7/0", "/4/0/2", "/6/0/0", "/6/0/1"} <= set(held), sorted(held)
+        assert code == "2.04"
+        assert service.state is not None
+        stored = service.state.load_config()
+        assert stored is not None and stored.active_mode is False

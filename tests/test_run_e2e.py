@@ -1,6 +1,6 @@
 """``python -m tracker run`` with the shipped tracker.toml, as a newcomer runs it.
 
-The file is copied unchanged but for its two ports (set to 0, any free
+The file is copied unchanged but for its four ports (set to 0, any free
 port, so parallel runs and a busy 8883 do not collide); its state directory
 (``var``, relative to the file) is then inside ``tmp_path``.  The process
 runs for real: its JSON log lines are read back until the local cloud is
@@ -62,11 +62,14 @@ async def wait_for_event(
 
 
 def shipped_config_with_free_ports(directory: Path) -> Path:
-    """tracker.toml as shipped, but for mqtt_port and http_port = 0."""
+    """tracker.toml as shipped, but for the local cloud's ports = 0."""
     text = (REPO / "tracker.toml").read_text()
     text, mqtt = re.subn(r"(?m)^mqtt_port = \d+$", "mqtt_port = 0", text)
     text, http = re.subn(r"(?m)^http_port = \d+$", "http_port = 0", text)
-    assert (mqtt, http) == (1, 1), "tracker.toml has no [cloud.local] ports"
+    text, lwm2m = re.subn(r"(?m)^lwm2m_port = \d+$", "lwm2m_port = 0", text)
+    text, coap = re.subn(r"(?m)^coap_port = \d+$", "coap_port = 0", text)
+    ports = (mqtt, http, lwm2m, coap)
+    assert ports == (1, 1, 1, 1), "tracker.toml lacks [cloud.local] ports"
     path = directory / "tracker.toml"
     path.write_text(text)
     return path
@@ -152,7 +155,8 @@ async def test_sandbox_serves_a_client_with_an_issued_certificate(
     ]  # fmt: skip
     log_file = tmp_path / "sandbox.log"
     command = [sys.executable, "-m", "tracker", "sandbox", "--mqtt-port", "0",
-               "--http-port", "0", "--log-format", "json"]  # fmt: skip
+               "--http-port", "0", "--lwm2m-port", "0", "--coap-port", "0",
+               "--log-format", "json"]  # fmt: skip
     with log_file.open("wb") as log:
         process = await trio.lowlevel.open_process(
             command, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log,

@@ -50,6 +50,8 @@ def local_config(tmp_path: Path) -> str:
 [cloud.local]
 mqtt_port = 0
 http_port = 0
+lwm2m_port = 0
+coap_port = 0
 [state]
 directory = "{tmp_path / "state"}"
 """
@@ -110,11 +112,11 @@ class TestWarpCommand:
         """Two device hours from the command line, then a clean stop."""
         default = (ROOT / "tracker.toml").read_text()
         config = tmp_path / "tracker.toml"
-        config.write_text(
-            default.replace("mqtt_port = 8883", "mqtt_port = 0").replace(
-                "http_port = 8443", "http_port = 0"
-            )
-        )
+        for port in ("mqtt_port = 8883", "http_port = 8443", "lwm2m_port = 5684",
+                     "coap_port = 5683"):  # fmt: skip
+            assert port in default
+            default = default.replace(port, port.split(" = ")[0] + " = 0")
+        config.write_text(default)
         result = subprocess.run(
             [sys.executable, "-m", "tracker", "run", "--warp", "--warp-idle",
              "0.005", "--duration", "7200", "--log-format", "json"],

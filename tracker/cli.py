@@ -244,6 +244,18 @@ def check(config_path: Path | None) -> None:
     help="Override [cloud.local] http_port (0: any free port).",
 )
 @click.option(
+    "--lwm2m-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Override [cloud.local] lwm2m_port, CoAP over DTLS (0: any free port).",
+)
+@click.option(
+    "--coap-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Override [cloud.local] coap_port, plain CoAP (0: any free port).",
+)
+@click.option(
     "--issue-cert",
     "issue_cert",
     metavar="CLIENT_ID",
@@ -268,16 +280,20 @@ def sandbox(
     host: str | None,
     mqtt_port: int | None,
     http_port: int | None,
+    lwm2m_port: int | None,
+    coap_port: int | None,
     issue_cert: tuple[str, ...],
     log_format: str | None,
     log_level: str | None,
 ) -> None:
-    """Run only the local cloud (AWS IoT flavour) until SIGINT or SIGTERM.
+    """Run only the local cloud until SIGINT or SIGTERM.
 
     \b
-    Clients connect with MQTT over TLS, presenting a certificate signed by
-    the local CA whose common name is their client id; --issue-cert writes
-    one. Exit codes: 0 stopped by a signal, 1 unexpected error, 2 invalid
+    MQTT clients (the AWS IoT face) connect over TLS, presenting a
+    certificate signed by the local CA whose common name is their client
+    id; --issue-cert writes one. LwM2M clients register over plain CoAP, or
+    over DTLS with the endpoint name and PSK of [device] and [cloud.lwm2m].
+    Exit codes: 0 stopped by a signal, 1 unexpected error, 2 invalid
     configuration or a port that cannot be opened.
     """
     try:
@@ -291,6 +307,8 @@ def sandbox(
         host=cloud.host if host is None else host,
         mqtt_port=cloud.mqtt_port if mqtt_port is None else mqtt_port,
         http_port=cloud.http_port if http_port is None else http_port,
+        lwm2m_port=cloud.lwm2m_port if lwm2m_port is None else lwm2m_port,
+        coap_port=cloud.coap_port if coap_port is None else coap_port,
     )
     if issue_cert:
         try:
@@ -327,6 +345,17 @@ async def _serve_sandbox(cloud: LocalCloud) -> ExitCode:
                     "make one with: tracker sandbox --issue-cert <client id>"
                 ),
                 files=endpoints.file_url("<name>"),
+                lwm2m=(
+                    None
+                    if endpoints.lwm2m_port is None
+                    else f"coaps://{endpoints.host}:{endpoints.lwm2m_port} "
+                    "(PSK identities and keys: [device] and [cloud.lwm2m])"
+                ),
+                coap=(
+                    None
+                    if endpoints.coap_port is None
+                    else f"coap://{endpoints.host}:{endpoints.coap_port}"
+                ),
             )
             async for signum in signals:
                 log.info("stop_requested", signal=signal.Signals(signum).name)

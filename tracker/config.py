@@ -92,9 +92,11 @@ DEFAULT_LWM2M_PSK: Final = "000102030405060708090a0b0c0d0e0f"
 SERVICES: Final = ("local", "aws", "azure", "nrf_cloud", "lwm2m", "simulated")
 #: The clouds the local cloud can stand in for; the device talks to it as
 #: it would to that cloud.
-LOCAL_CLOUDS: Final = ("aws",)
-#: Clouds the local cloud will stand in for, with why they cannot be chosen.
-_LOCAL_CLOUDS_LATER: Final = {"lwm2m": "lwm2m is not available in the local cloud yet"}
+LOCAL_CLOUDS: Final = ("aws", "lwm2m")
+#: The longest DTLS pre-shared key, in bytes: the DTLS library under aiocoap
+#: (tinydtls through DTLSSocket 0.2) fails handshakes with longer keys.  The
+#: firmware accepts up to 64; its default key has 16.
+MAX_PSK_BYTES: Final = 16
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "json", "console")
 MOVEMENT_KINDS: Final = ("activity", "inactivity", "impact")
@@ -254,11 +256,8 @@ def _check_local_cloud(
 ) -> None:
     if value in LOCAL_CLOUDS:
         return
-    reason = _LOCAL_CLOUDS_LATER.get(value)
-    if reason is None:
-        listed = ", ".join(json.dumps(name) for name in LOCAL_CLOUDS)
-        reason = f"must be one of {listed}"
-    raise _Invalid((attribute.name,), value, reason)
+    listed = ", ".join(json.dumps(name) for name in LOCAL_CLOUDS)
+    raise _Invalid((attribute.name,), value, f"must be one of {listed}")
 
 
 def _check_imei(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -278,8 +277,11 @@ def _check_psk(instance: object, attribute: attrs.Attribute[Any], value: str) ->
         reason = "must be a string of hex digits (0-9, a-f)"
     elif len(value) % 2:
         reason = f"must have an even number of hex digits, got {len(value)}"
-    elif not 1 <= len(value) // 2 <= 64:
-        reason = f"must be 1 to 64 bytes (2 to 128 hex digits), got {len(value) // 2}"
+    elif not 1 <= len(value) // 2 <= MAX_PSK_BYTES:
+        reason = (
+            f"must be 1 to {MAX_PSK_BYTES} bytes (2 to {2 * MAX_PSK_BYTES} hex "
+            f"digits; the DTLS library fails longer keys), got {len(value) // 2}"
+        )
     else:
         return
     raise _Invalid((attribute.name,), value, reason)
@@ -453,7 +455,8 @@ class Lwm2mConfig:
             server); here the URI is never changed behind your back.
         bootstrap: CONFIG_LWM2M_RD_CLIENT_SUPPORT_BOOTSTRAP.
         endpoint_prefix: CONFIG_LWM2M_INTEGRATION_ENDPOINT_PREFIX.
-        psk: CONFIG_LWM2M_INTEGRATION_PSK, as hex (1 to 64 bytes).
+        psk: CONFIG_LWM2M_INTEGRATION_PSK, as hex (1 to ``MAX_PSK_BYTES``
+            bytes; the firmware takes up to 64).
         provision_credentials:
             CONFIG_LWM2M_INTEGRATION_PROVISION_CREDENTIALS.
         lifetime: CONFIG_LWM2M_ENGINE_DEFAULT_LIFETIME, in seconds.
@@ -508,9 +511,14 @@ class LocalCloudConfig:
     Attributes:
         cloud: Which cloud it stands in for, hence how the device talks to
             it; one of `LOCAL_CLOUDS`.
-        host: The address its broker and file server listen on.
+        host: The address its broker, file server and LwM2M server listen
+            on.
         mqtt_port: The MQTT over TLS port; 0 picks a free one.
         http_port: The HTTPS file server's port; 0 picks a free one.
+        lwm2m_port: The LwM2M server's CoAP over DTLS port; 0 picks a free
+            one.
+        coap_port: The LwM2M server's plain CoAP port (for tools without
+            DTLS); 0 picks a free one.
         directory: Its CA, certificates and served files; absolute once
             loaded, ``<state.directory>/local-cloud`` when not set.
     """
@@ -522,6 +530,8 @@ class LocalCloudConfig:
     )
     mqtt_port: int = attrs.field(default=8883, validator=_between(0, 65535))
     http_port: int = attrs.field(default=8443, validator=_between(0, 65535))
+    lwm2m_port: int = attrs.field(default=5684, validator=_between(0, 65535))
+    coap_port: int = attrs.field(default=5683, validator=_between(0, 65535))
     directory: Path | None = None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Final, TextIO, cast
+from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
 import structlog
 import trio
@@ -61,6 +61,23 @@ def _is_tty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+class _LibraryLogBridge(logging.Handler):
+    """Hands the standard library's log records (aiocoap, amqtt, asyncio)
+    to structlog, so that they come out in the same format and stream as
+    ours instead of as bare lines from logging's last-resort handler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string: keep the raw text
+            message = str(record.msg)
+        logger = structlog.get_logger(actor=record.name.split(".")[0])
+        details: dict[str, Any] = {"logger": record.name, "message": message}
+        if record.exc_info:
+            details["exc_info"] = record.exc_info
+        logger.log(record.levelno, "library_log", **details)
 
 
 def configure_logging(
@@ -115,6 +132,13 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(output),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through the standard library: their warnings and errors
+    # join our lines (their INFO chatter stays out unless level is debug).
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _LibraryLogBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(_LibraryLogBridge())
+    root.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
 def get_logger(actor: str) -> FilteringBoundLogger:

@@ -49,6 +49,7 @@ from actors.supervisor import RestartLimitExceeded, Supervisor, first_leaf
 from actors.util import Reboot, UtilActor
 from backends.aws import AwsIotBackend
 from backends.base import CloudBackend
+from backends.lwm2m import lwm2m_backend
 from backends.mqtt_transport import MqttSettings
 from backends.pgps import PgpsDownloader
 from backends.scripted import Connect, Refuse, ScriptedBackend
@@ -56,6 +57,7 @@ from protocols.app import ShutdownReason
 from protocols.config import DeviceConfig
 from sandbox.broker import BrokerError
 from sandbox.local_cloud import LocalCloud, LocalCloudEndpoints
+from sandbox.lwm2m_server import Lwm2mServerError
 from state.firmware import FirmwareStore
 from state.store import StateStore, StateStoreError
 from tracker.config import Config
@@ -84,7 +86,7 @@ def check_cloud(config: Config) -> None:
     Raises:
       UnsupportedCloud: as ``make_backend`` would.
     """
-    if config.cloud.service in ("simulated", "aws", "local"):
+    if config.cloud.service in ("simulated", "aws", "lwm2m", "local"):
         return
     make_backend(config)
 
@@ -94,11 +96,18 @@ def local_cloud_for(config: Config) -> LocalCloud:
     local = config.cloud.local
     # The configuration resolves the directory when it is loaded.
     assert local.directory is not None
+    lwm2m = config.cloud.lwm2m
     return LocalCloud(
         local.directory,
         host=local.host,
         mqtt_port=local.mqtt_port,
         http_port=local.http_port,
+        lwm2m_port=local.lwm2m_port,
+        coap_port=local.coap_port,
+        # This service's device may talk LwM2M to it, with its own key.
+        lwm2m_credentials={
+            config.lwm2m_endpoint.encode(): bytes.fromhex(lwm2m.psk)
+        },
         verbose=config.log.level == "debug",
     )
 
@@ -134,11 +143,14 @@ def make_backend(
     firmware: FirmwareStore | None = None,
     *,
     local: LocalCloud | None = None,
+    device_config: DeviceConfig | None = None,
 ) -> CloudBackend:
     """The backend for ``cloud.service``.
 
-    ``firmware`` enables AWS IoT Jobs FOTA into that store (AWS only);
-    ``local`` is the running local cloud, required for "local".
+    ``firmware`` enables FOTA into that store (AWS IoT Jobs, LwM2M object
+    5); ``local`` is the running local cloud, required for "local";
+    ``device_config`` is the configuration the device boots with (LwM2M
+    serves it as object 50009).
 
     Raises:
       UnsupportedCloud: the service has no backend here yet.
@@ -147,11 +159,17 @@ def make_backend(
     if config.cloud.service == "local":
         if local is None:
             raise RuntimeError("cloud.service = \"local\" needs the local cloud")
-        # Only "aws" passes the configuration's check of [cloud.local]
-        # cloud; another local cloud gets its branch here.
-        assert config.cloud.local.cloud == "aws"
-        aws_config = local_aws_config(config, local)
-        return _aws_backend(aws_config, firmware)
+        if config.cloud.local.cloud == "lwm2m":
+            endpoints = local.endpoints
+            lwm2m = attrs.evolve(config.cloud.lwm2m, server_uri=local.lwm2m_uri())
+            return lwm2m_backend(
+                lwm2m,
+                endpoint=config.lwm2m_endpoint,
+                firmware=firmware,
+                device_config=device_config,
+                http_ca_file=None if endpoints is None else endpoints.ca_file,
+            )
+        return _aws_backend(local_aws_config(config, local), firmware)
     if config.cloud.service == "simulated":
         simulated = config.cloud.simulated
         return ScriptedBackend(
@@ -161,9 +179,16 @@ def make_backend(
         )
     if config.cloud.service == "aws":
         return _aws_backend(config, firmware)
+    if config.cloud.service == "lwm2m":
+        return lwm2m_backend(
+            config.cloud.lwm2m,
+            endpoint=config.lwm2m_endpoint,
+            firmware=firmware,
+            device_config=device_config,
+        )
     raise UnsupportedCloud(
         f"cloud.service = {config.cloud.service!r}: no backend for this cloud "
-        "in this build yet; use \"local\", \"simulated\" or \"aws\""
+        'in this build yet; use "local", "simulated", "aws" or "lwm2m"'
     )
 
 
@@ -397,7 +422,7 @@ class Service:
             unavailable: list[BaseException] = []
             try:
                 await nursery.start(cloud.run)
-            except* (BrokerError, OSError) as group:
+            except* (BrokerError, Lwm2mServerError, OSError) as group:
                 unavailable.extend(group.exceptions)
             if unavailable:
                 # A port in use or an unwritable directory: a setup problem,
@@ -405,15 +430,31 @@ class Service:
                 log.error(
                     "local_cloud_unavailable",
                     error=str(first_leaf(unavailable[0])),
-                    hint="change [cloud.local] mqtt_port/http_port or host",
+                    hint="change [cloud.local] host or its ports",
                 )
                 return ExitCode.CONFIG
             self.local_ready.set()
-            nursery.start_soon(self._log_shadow, cloud)
+            if self.config.cloud.local.cloud == "lwm2m":
+                nursery.start_soon(self._log_lwm2m_sends, cloud)
+            else:
+                nursery.start_soon(self._log_shadow, cloud)
             code = await self._run_boots()
             nursery.cancel_scope.cancel(reason="service stopped")
         log.info("local_cloud_stopped")
         return code
+
+    async def _log_lwm2m_sends(self, cloud: LocalCloud) -> None:
+        """Log what the LwM2M server holds of the device after each Send."""
+        server = cloud.lwm2m
+        assert server is not None
+        endpoint = self.config.lwm2m_endpoint
+        since = 0
+        while True:
+            event = await server.wait_for("send", endpoint, since=since)
+            since = event.seq + 1
+            held = server.sends.get(endpoint, {})
+            objects = sorted({int(path.split("/")[1]) for path in held})
+            log.info("lwm2m_server_holds", endpoint=endpoint, objects=objects)
 
     async def _log_shadow(self, cloud: LocalCloud) -> None:
         """Log the device's reported shadow each time it changes.
@@ -498,18 +539,24 @@ class Service:
         if activated is not None:
             log.info("firmware_activated", previous=previous, running=activated)
         config = self.config
+        initial_config = self._stored_config()
         if self.backend_factory is not None:
             backend = self.backend_factory(config)
         else:
             if self.local_cloud is not None:
                 config = local_aws_config(config, self.local_cloud)
-            backend = make_backend(self.config, self.firmware, local=self.local_cloud)
+            backend = make_backend(
+                self.config,
+                self.firmware,
+                local=self.local_cloud,
+                device_config=initial_config,
+            )
         device = build_device(
             config,
             on_reboot,
             backend=backend,
             firmware=self.firmware,
-            initial_config=self._stored_config(),
+            initial_config=initial_config,
             persist_config=None if self.state is None else self.state.save_config,
             samples=self.state,
             clock=self.wall_clock,
