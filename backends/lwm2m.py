@@ -217,6 +217,11 @@ class Lwm2mSettings:
     uses_default_psk: bool = False
     request_timeout: float = 93.0
     ack_timeout: float = 4.0
+    # Seconds a DTLS handshake may take.  A server that silently drops a
+    # handshake made with a wrong key is only detected by this timeout, and
+    # a new attempt cannot start while one runs (the firmware's
+    # -EINPROGRESS), so it must be shorter than the shortest backoff delay.
+    handshake_timeout: float = 30.0
 
     @property
     def secure(self) -> bool:
@@ -564,6 +569,7 @@ class Lwm2mBackend(CloudBackend):
             psk=account.key if secure else b"",
             request_timeout=self.settings.request_timeout,
             ack_timeout=self.settings.ack_timeout,
+            handshake_timeout=self.settings.handshake_timeout,
         )
 
     def _account(self, *, bootstrap: bool) -> _Account | None:
@@ -1314,6 +1320,7 @@ def lwm2m_backend(
         endpoint=endpoint,
         psk=bytes.fromhex(config.psk),
         lifetime=config.lifetime,
+        handshake_timeout=config.handshake_timeout,
         bootstrap=config.bootstrap,
         provision_credentials=config.provision_credentials,
         uses_default_psk=config.uses_default_psk,

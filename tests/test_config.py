@@ -311,6 +311,13 @@ BAD_SETTINGS = [
         id="psk-too-long",
     ),
     pytest.param(
+        '[cloud]\nservice = "lwm2m"\nconnect_retries = 0\nbackoff = [10, 20]\n',
+        "cloud.lwm2m.handshake_timeout",
+        "30.0",
+        "must be shorter than the shortest backoff delay (10 s)",
+        id="handshake-outlasts-backoff",
+    ),
+    pytest.param(
         '[cloud.lwm2m]\nserver_uri = "https://eu.iot.avsystem.cloud"\n',
         "cloud.lwm2m.server_uri",
         '"https://eu.iot.avsystem.cloud"',

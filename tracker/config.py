@@ -460,6 +460,9 @@ class Lwm2mConfig:
         provision_credentials:
             CONFIG_LWM2M_INTEGRATION_PROVISION_CREDENTIALS.
         lifetime: CONFIG_LWM2M_ENGINE_DEFAULT_LIFETIME, in seconds.
+        handshake_timeout: Seconds a DTLS handshake may take (a server that
+            silently drops a handshake with a wrong key is only detected so);
+            shorter than the shortest backoff delay.
     """
 
     server_uri: str = attrs.field(
@@ -470,6 +473,7 @@ class Lwm2mConfig:
     psk: str = attrs.field(default=DEFAULT_LWM2M_PSK, validator=_check_psk)
     provision_credentials: bool = True
     lifetime: int = attrs.field(default=43200, validator=_positive)
+    handshake_timeout: float = attrs.field(default=30.0, validator=_positive)
 
     @property
     def uses_default_psk(self) -> bool:
@@ -613,6 +617,18 @@ class CloudConfig:
             case "nrf_cloud":
                 _require(("nrf_cloud", "host"), self.nrf_cloud.host, needs)
                 _require_credentials("nrf_cloud", self.nrf_cloud, needs)
+        speaks_lwm2m = self.service == "lwm2m" or (
+            self.service == "local" and self.local.cloud == "lwm2m"
+        )
+        shortest = min(self.backoff_table)
+        if speaks_lwm2m and self.lwm2m.handshake_timeout >= shortest:
+            # A connection attempt is refused while a handshake still runs,
+            # so a retry due before the handshake gives up would be lost.
+            raise _Invalid(
+                ("lwm2m", "handshake_timeout"),
+                self.lwm2m.handshake_timeout,
+                f"must be shorter than the shortest backoff delay ({shortest} s)",
+            )
 
 
 def _require(where: _Where, value: str, reason: str) -> None:
