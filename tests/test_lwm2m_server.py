@@ -358,11 +358,18 @@ async def _aio_call(function: Callable[[], None]) -> None:
 
 @attrs.define
 class CoapTestClient:
-    """An aiocoap client context in its own trio-asyncio loop."""
+    """An aiocoap client context in its own trio-asyncio loop.
+
+    aiocoap's DTLS client keeps its connections in a weak pool: an idle
+    connection nobody references is collected and its session reset, and
+    the server's requests over it then go nowhere.  ``remotes`` holds every
+    peer the client has talked to, as a device holds its session.
+    """
 
     loop: Any
     context: aiocoap.Context
     base: str
+    remotes: list[Any] = attrs.field(factory=list)
 
     async def request(
         self,
@@ -384,6 +391,7 @@ class CoapTestClient:
             response = await aio_as_trio(_aio_request, loop=self.loop)(
                 self.context, message
             )
+        self.remotes.append(response.remote)
         cf = response.opt.content_format
         return Response(
             code=response.code.dotted,
