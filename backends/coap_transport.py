@@ -97,6 +97,7 @@ from aiocoap.transports import (  # type: ignore[import-untyped]
     tinydtls as aiocoap_tinydtls,
 )
 
+from backends.aio import asyncio_error_logger, run_aio
 from backends.errors import (
     BackendBroken,
     BackendClosed,
@@ -452,28 +453,7 @@ def _join(path: tuple[str, ...]) -> str:
     return "/" + "/".join(path)
 
 
-def _log_asyncio_error(
-    loop: asyncio.AbstractEventLoop, context: dict[str, Any]
-) -> None:
-    """Log what asyncio would log, instead of trio-asyncio's re-raise."""
-    exc = context.get("exception")
-    if isinstance(exc, asyncio.CancelledError):
-        log.debug("coap_asyncio_cancelled", message=context.get("message"))
-        return
-    log.error(
-        "coap_asyncio_error",
-        message=context.get("message"),
-        exc_info=exc if isinstance(exc, BaseException) else None,
-    )
-
-
-async def _run_aio(loop: Any, helper: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """Run one asyncio-flavoured helper in the session's loop (P2)."""
-    # trio_asyncio patches asyncio on import (P1): import it only when a
-    # session is actually used.
-    from trio_asyncio import aio_as_trio  # type: ignore[import-untyped]
-
-    return await aio_as_trio(helper, loop=loop)(*args)
+_log_asyncio_error = asyncio_error_logger("coap", actor="coap")
 
 
 def _describe_alert(code: int) -> str:
@@ -671,7 +651,7 @@ class CoapSession:
         what = f"{method} {_join(split_path(path))} to {self.settings.uri}"
         try:
             with trio.fail_after(self.settings.request_timeout):
-                response: CoapResponse = await _run_aio(
+                response: CoapResponse = await run_aio(
                     self._loop, self._aio_request, message, what
                 )
         except trio.TooSlowError:
@@ -720,11 +700,11 @@ class CoapSession:
 
     async def _open(self) -> None:
         if not self.settings.secure:
-            await _run_aio(self._loop, self._aio_open_plain)
+            await run_aio(self._loop, self._aio_open_plain)
             return
         # The asyncio side bounds the handshake; this is a backstop.
         with trio.move_on_after(self.settings.handshake_timeout + SHUTDOWN_GRACE):
-            await _run_aio(self._loop, self._aio_open_dtls)
+            await run_aio(self._loop, self._aio_open_dtls)
             return
         raise BackendTimeout(  # pragma: no cover - the asyncio bound fired
             f"DTLS handshake with {self.settings.uri}: no result"
@@ -736,7 +716,7 @@ class CoapSession:
             return
         with trio.move_on_after(SHUTDOWN_GRACE, shield=True) as scope:
             try:
-                await _run_aio(self._loop, self._aio_shutdown, context)
+                await run_aio(self._loop, self._aio_shutdown, context)
             except (Exception, asyncio.CancelledError) as exc:
                 log.debug("coap_shutdown_error", error=repr(exc))
         if scope.cancelled_caught:

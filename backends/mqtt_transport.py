@@ -75,6 +75,7 @@ import trio
 from gmqtt.mqtt.constants import MQTTCommands, MQTTv311  # type: ignore[import-untyped]
 from gmqtt.mqtt.handler import MQTTConnectError  # type: ignore[import-untyped]
 
+from backends.aio import asyncio_error_logger, run_aio
 from backends.errors import (
     BackendBroken,
     BackendClosed,
@@ -85,7 +86,7 @@ from backends.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Sequence
 
 
 # Not get_logger().bind(actor=...): bind() on the lazy proxy builds the
@@ -258,29 +259,9 @@ def _describe_loss(cause: BaseException | None) -> str:
     return f"{type(cause).__name__}: {cause}"
 
 
-def _log_asyncio_error(
-    loop: asyncio.AbstractEventLoop, context: dict[str, Any]
-) -> None:
-    """Log what asyncio would log, instead of trio-asyncio's re-raise."""
-    exc = context.get("exception")
-    if isinstance(exc, asyncio.CancelledError):
-        # gmqtt's done-callbacks call future.exception() on futures that
-        # the loop shutdown cancelled.
-        log.debug("mqtt_asyncio_cancelled", message=context.get("message"))
-        return
-    log.error(
-        "mqtt_asyncio_error",
-        message=context.get("message"),
-        exc_info=exc if isinstance(exc, BaseException) else None,
-    )
-
-
-async def _run_aio(loop: Any, helper: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    # trio_asyncio patches asyncio on import (P1): import it only when a
-    # session is actually used.
-    from trio_asyncio import aio_as_trio
-
-    return await aio_as_trio(helper, loop=loop)(*args)
+# gmqtt's done-callbacks call future.exception() on futures that the loop
+# shutdown cancelled: those are logged at debug only.
+_log_asyncio_error = asyncio_error_logger("mqtt", actor="mqtt")
 
 
 # ---------------------------------------------------------------------------
@@ -398,7 +379,7 @@ class MqttSession:
             WARNING per refused filter.
         """
         self._check_usable()
-        granted: tuple[int, ...] = await _run_aio(
+        granted: tuple[int, ...] = await run_aio(
             self._loop, self._aio_subscribe, list(topics)
         )
         for (topic, _qos), code in zip(topics, granted, strict=False):
@@ -425,7 +406,7 @@ class MqttSession:
         )
         try:
             with trio.fail_after(settings.connect_timeout):
-                tls_version = await _run_aio(self._loop, self._aio_connect)
+                tls_version = await run_aio(self._loop, self._aio_connect)
         except trio.TooSlowError as exc:
             log.warning(
                 "mqtt_connect_timeout",
@@ -465,7 +446,7 @@ class MqttSession:
     async def _close(self) -> None:
         self._closing = True
         with trio.move_on_after(DISCONNECT_GRACE, shield=True) as grace_scope:
-            await _run_aio(self._loop, self._aio_close)
+            await run_aio(self._loop, self._aio_close)
         if grace_scope.cancelled_caught:
             log.warning("mqtt_close_timeout", grace=DISCONNECT_GRACE)
         # Normally done by _aio_close already.  A receipt left behind would

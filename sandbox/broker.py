@@ -72,6 +72,8 @@ from amqtt.plugins.base import BaseAuthPlugin  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from backends.aio import asyncio_error_logger
+
 if TYPE_CHECKING:
     from amqtt.mqtt.protocol.broker_handler import (  # type: ignore[import-untyped]
         BrokerProtocolHandler,
@@ -218,22 +220,10 @@ def _bind(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _log_asyncio_error(
-    loop: asyncio.AbstractEventLoop, context: dict[str, Any]
-) -> None:
-    """Log what asyncio would log, instead of trio-asyncio's re-raise."""
-    exc = context.get("exception")
-    if isinstance(exc, asyncio.CancelledError):
-        return
-    if isinstance(exc, ssl.SSLError | ConnectionError):
-        # A client that failed the handshake or went away: its problem.
-        log.info("broker_client_dropped", error=str(exc))
-        return
-    log.error(
-        "broker_asyncio_error",
-        message=context.get("message"),
-        exc_info=exc if isinstance(exc, BaseException) else None,
-    )
+# A client that failed the handshake or went away is its own problem.
+_log_asyncio_error = asyncio_error_logger(
+    "broker", actor="broker", quiet=(ssl.SSLError, ConnectionError)
+)
 
 
 @attrs.define(eq=False)

@@ -123,6 +123,7 @@ import trio
 from aiocoap.credentials import DTLS, CredentialsMap
 from aiocoap.numbers.codes import Code
 
+from backends.aio import asyncio_error_logger
 from protocols.lwm2m_formats import (
     ContentFormat,
     FormatError,
@@ -748,19 +749,9 @@ class Observation:
 # The server
 
 
-def _log_asyncio_error(
-    loop: asyncio.AbstractEventLoop, context: dict[str, Any]
-) -> None:
-    """Log what asyncio would log, instead of trio-asyncio's re-raise."""
-    exc = context.get("exception")
-    if isinstance(exc, asyncio.CancelledError):
-        log.debug("lwm2m_asyncio_cancelled", message=context.get("message"))
-        return
-    log.warning(
-        "lwm2m_asyncio_error",
-        message=context.get("message"),
-        exc_info=exc if isinstance(exc, BaseException) else None,
-    )
+_log_asyncio_error = asyncio_error_logger(
+    "lwm2m", actor="sandbox.lwm2m", level="warning"
+)
 
 
 @attrs.define(eq=False)
