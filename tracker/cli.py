@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import attrs
 import click
@@ -27,6 +29,7 @@ from actors.supervisor import first_leaf
 from sandbox.broker import BrokerError
 from sandbox.certs import InvalidClientId
 from sandbox.local_cloud import LocalCloud
+from sandbox.lwm2m_server import Lwm2mServerError
 from state.store import StateStore, StateStoreError
 from tracker import __version__
 from tracker.config import Config, ConfigError, default_config, load_config
@@ -44,6 +47,8 @@ from tracker.service import (
 from tracker.warp import DEFAULT_IDLE, warp_clock
 
 DEFAULT_CONFIG = Path("tracker.toml")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 log = structlog.get_logger(actor="service")
 
@@ -223,6 +228,16 @@ def check(config_path: Path | None) -> None:
     )
 
 
+def _port_option(flag: str, key: str, what: str = "") -> Callable[[_F], _F]:
+    """``flag`` overrides the local cloud's port ``key`` (0: any free one)."""
+    return click.option(
+        flag,
+        type=click.IntRange(0, 65535),
+        default=None,
+        help=f"Override [cloud.local] {key}{what} (0: any free port).",
+    )
+
+
 @main.command()
 @click.option(
     "--config",
@@ -231,30 +246,10 @@ def check(config_path: Path | None) -> None:
     help="Configuration file (default: ./tracker.toml, else built-in defaults).",
 )
 @click.option("--host", default=None, help="Override [cloud.local] host.")
-@click.option(
-    "--mqtt-port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="Override [cloud.local] mqtt_port (0: any free port).",
-)
-@click.option(
-    "--http-port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="Override [cloud.local] http_port (0: any free port).",
-)
-@click.option(
-    "--lwm2m-port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="Override [cloud.local] lwm2m_port, CoAP over DTLS (0: any free port).",
-)
-@click.option(
-    "--coap-port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="Override [cloud.local] coap_port, plain CoAP (0: any free port).",
-)
+@_port_option("--mqtt-port", "mqtt_port")
+@_port_option("--http-port", "http_port")
+@_port_option("--lwm2m-port", "lwm2m_port", ", CoAP over DTLS")
+@_port_option("--coap-port", "coap_port", ", plain CoAP")
 @click.option(
     "--issue-cert",
     "issue_cert",
@@ -325,7 +320,7 @@ def sandbox(
     configure_logging(log_level or config.log.level, log_format or config.log.format)
     try:
         sys.exit(trio.run(_serve_sandbox, cloud))
-    except* (BrokerError, OSError) as group:
+    except* (BrokerError, Lwm2mServerError, OSError) as group:
         error = first_leaf(group)
         click.echo(f"tracker: the local cloud cannot start: {error}", err=True)
         sys.exit(ExitCode.CONFIG)
