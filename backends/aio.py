@@ -28,7 +28,7 @@ ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]
 
 async def run_aio(loop: Any, helper: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """Run one asyncio-flavoured helper in ``loop``, from Trio."""
-    from trio_asyncio import aio_as_trio
+    from trio_asyncio import aio_as_trio  # type: ignore[import-untyped]
 
     return await aio_as_trio(helper, loop=loop)(*args)
 

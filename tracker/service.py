@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import functools
 import signal
+import time
 from collections.abc import Callable
 
 import attrs
@@ -328,7 +329,7 @@ def build_device(
         config=initial_config or DeviceConfig(),
         persist=persist_config,
         store=samples,
-        **({} if clock is None else {"clock": clock}),
+        clock=time.time if clock is None else clock,
     )
     app = AppActor(bus)
     actors: list[Actor] = [util, cloud, data, modem, location, sensor, ui, app]
