@@ -1302,6 +1302,7 @@ def lwm2m_backend(
     device_config: DeviceConfig | None = None,
     http_ca_file: pathlib.Path | None = None,
     session_factory: SessionFactory | None = None,
+    environmental: bool = True,
 ) -> Lwm2mBackend:
     """Build the backend from ``[cloud.lwm2m]``.
 
@@ -1314,6 +1315,8 @@ def lwm2m_backend(
         50009 starts with it).
       http_ca_file: CA bundle for HTTPS firmware downloads (object 5).
       session_factory: a ``CoapSession`` stand-in (tests).
+      environmental: whether the device has environmental sensors (objects
+        3303, 3304 and 3323 exist only then).
     """
     settings = Lwm2mSettings(
         server_uri=config.server_uri,
@@ -1325,7 +1328,11 @@ def lwm2m_backend(
         provision_credentials=config.provision_credentials,
         uses_default_psk=config.uses_default_psk,
     )
-    codec = Lwm2mCodec(ObjectStore(), config=device_config or DeviceConfig())
+    codec = Lwm2mCodec(
+        ObjectStore(),
+        config=device_config or DeviceConfig(),
+        environmental=environmental,
+    )
     return Lwm2mBackend(
         settings,
         codec,

@@ -162,6 +162,8 @@ class Lwm2mCodec(CloudCodec):
       config: the configuration object 50009 starts with (the device's
         boot configuration).
       push_buttons: instances of object 3347 (one per button).
+      environmental: whether the device has the environmental sensors, so
+        serves objects 3303, 3304 and 3323 (the firmware's Thingy:91 build).
       ground_fix_report_back: 33626/0/0, ask the server to write the
         resolved location back (the cloud actor waits for it).
     """
@@ -169,6 +171,7 @@ class Lwm2mCodec(CloudCodec):
     store: ObjectStore
     config: DeviceConfig = attrs.field(factory=DeviceConfig)
     push_buttons: int = PUSH_BUTTON_INSTANCES
+    environmental: bool = True
     ground_fix_report_back: bool = True
     # Called with every configuration document a server write produced;
     # the backend turns it into a WrapperDataReceived.
@@ -184,9 +187,11 @@ class Lwm2mCodec(CloudCodec):
 
     def _create_objects(self) -> None:
         for object_id in (
-            DEVICE, CONNMON, LOCATION, TEMPERATURE, HUMIDITY, PRESSURE,
-            GNSS_ASSISTANCE, GROUND_FIX, CONFIGURATION,
+            DEVICE, CONNMON, LOCATION, GNSS_ASSISTANCE, GROUND_FIX, CONFIGURATION,
         ):  # fmt: skip
+            self._ensure(object_id, 0)
+        sensors = _ENVIRONMENT if self.environmental else ()
+        for object_id, *_ in sensors:
             self._ensure(object_id, 0)
         for instance in range(1, self.push_buttons):
             self._ensure(PUSH_BUTTON, instance)
@@ -195,7 +200,7 @@ class Lwm2mCodec(CloudCodec):
         # Available network bearers: LTE-FDD (LTE-M) and NB-IoT.
         self._set("/4/0/1/0", BEARER_LTE_FDD)
         self._set("/4/0/1/1", BEARER_NB_IOT)
-        for object_id, units, low, high in _ENVIRONMENT:
+        for object_id, units, low, high in sensors:
             self._set(f"/{object_id}/0/{SENSOR_UNITS}", units)
             self._set(f"/{object_id}/0/{MIN_RANGE}", low)
             self._set(f"/{object_id}/0/{MAX_RANGE}", high)
@@ -327,6 +332,8 @@ class Lwm2mCodec(CloudCodec):
         return ["/3/0/7"]
 
     def _write_environment(self, env: EnvironmentalData) -> list[str]:
+        if not self.environmental:
+            return []
         paths = []
         for (object_id, *_), value in zip(
             _ENVIRONMENT, (env.temperature, env.humidity, env.pressure), strict=True

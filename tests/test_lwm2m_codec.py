@@ -182,6 +182,14 @@ def test_environment_values_units_and_ranges(codec: Lwm2mCodec) -> None:
     assert (value(codec, "/3323/0/5603"), value(codec, "/3323/0/5604")) == (30, 110)
 
 
+def test_no_sensor_objects_without_the_sensors() -> None:
+    codec = Lwm2mCodec(ObjectStore(), environmental=False)
+    links = {str(path) for path in codec.store.links()}
+    assert not {"/3303/0", "/3304/0", "/3323/0"} & links
+    assert {"/3/0", "/4/0", "/6/0", "/50009/0"} <= links
+    assert codec.encode_regular(env=ENV, bat=Battery(87, T_MS)).paths == ("/3/0/7",)
+
+
 def test_button_press_counts_and_toggles(codec: Lwm2mCodec) -> None:
     assert codec.encode_ui(Button(2, T_MS)).paths == ("/3347",)
     codec.encode_ui(Button(2, T_MS + 5000))

@@ -169,6 +169,7 @@ def make_backend(
                 firmware=firmware,
                 device_config=device_config,
                 http_ca_file=None if endpoints is None else endpoints.ca_file,
+                environmental=config.sources.environmental,
             )
         return _aws_backend(local_aws_config(config, local), firmware)
     if config.cloud.service == "simulated":
@@ -186,6 +187,7 @@ def make_backend(
             endpoint=config.lwm2m_endpoint,
             firmware=firmware,
             device_config=device_config,
+            environmental=config.sources.environmental,
         )
     raise UnsupportedCloud(
         f"cloud.service = {config.cloud.service!r}: no backend for this cloud "
