@@ -751,7 +751,7 @@ class Device:
                 await self.changed.wait()
 
 
-async def start_device(nursery: trio.Nursery) -> Device:
+async def start_device(nursery: trio.Nursery, *, lifetime: int = 43200) -> Device:
     from actors.backoff import SEED_TABLE, ReconnectBackoff
     from actors.cloud import CloudActor
     from actors.data import DataActor
@@ -767,6 +767,7 @@ async def start_device(nursery: trio.Nursery) -> Device:
             endpoint=ENDPOINT,
             psk=bytes(range(16)),
             request_timeout=5.0,
+            lifetime=lifetime,
         ),
         Lwm2mCodec(ObjectStore()),
     )
@@ -782,6 +783,24 @@ async def start_device(nursery: trio.Nursery) -> Device:
     bus.publish(ModemLteConnected())
     await device.wait_for("CLOUD_EVT_CONNECTED")
     return device
+
+
+async def test_end_to_end_update_before_the_lifetime_runs_out(
+    nursery: trio.Nursery,
+) -> None:
+    """A 62 s lifetime: the update goes 60 s early (2 s in), in real time."""
+    device = await start_device(nursery, lifetime=62)
+    server = device.server
+    registered = server.registrations[ENDPOINT]
+    assert registered.lifetime == 62
+    updated = await server.wait_for("updated", ENDPOINT)
+    assert 1.5 <= updated.time - registered.registered_at <= 4.0
+    renewed = server.registrations[ENDPOINT]
+    assert renewed.location == registered.location
+    assert renewed.expires_at - updated.time == pytest.approx(62, abs=0.5)
+    await device.backend.disconnect()
+    await server.wait_for("deregistered", ENDPOINT)
+    assert ENDPOINT not in server.registrations
 
 
 async def test_end_to_end_register_send_and_configure(nursery: trio.Nursery) -> None:
