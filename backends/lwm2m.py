@@ -907,12 +907,16 @@ class Lwm2mBackend(CloudBackend):
             self._bootstrap_write(path, request)
             return CoapResponse("2.04")
         if request.method == "GET" and request.accept == ContentFormat.LINK_FORMAT:
-            links = [Path(o) for o in (objs.SECURITY, objs.SERVER)] + [
-                Path(o, i)
-                for o in (objs.SECURITY, objs.SERVER)
-                for i in self.store.instances(o)
+            # Bootstrap-Discover of one object, or of the two bootstrap
+            # writes (Security and Server) for "/".
+            objects = (
+                (objs.SECURITY, objs.SERVER) if path is None else (path.object_id,)
+            )
+            links = [Path(o) for o in objects] + [
+                Path(o, i) for o in objects for i in self.store.instances(o)
             ]
-            body = ",".join(f"<{link}>" for link in sorted(links)).encode()
+            ordered = sorted(links, key=Path.sort_key)
+            body = ",".join(f"<{link}>" for link in ordered).encode()
             return CoapResponse("2.05", body, int(ContentFormat.LINK_FORMAT))
         raise LwM2MError(f"{request.method} is not a bootstrap operation here", "4.05")
 
