@@ -117,7 +117,9 @@ class UtilActor(Actor):
         self.request = Reboot(reason=reason, cause=cause, acknowledged=False)
         self.awaiting_ack = set(self._shutdown_ids)
         self.state = "STATE_REBOOT_PENDING"
-        self.log.warning(
+        # A stop of the service is asked for, not a fault: INFO.
+        level = "info" if reason is ShutdownReason.SERVICE_STOP else "warning"
+        getattr(self.log, level)(
             "reboot_requested",
             reason=reason.value,
             cause=cause,
@@ -148,7 +150,10 @@ class UtilActor(Actor):
             self.log.warning(
                 "shutdown_unacknowledged", modules=sorted(self.awaiting_ack)
             )
-        self.log.warning("rebooting", reason=self.request.reason.value)
+        stopping = self.request.reason is ShutdownReason.SERVICE_STOP
+        getattr(self.log, "info" if stopping else "warning")(
+            "rebooting", reason=self.request.reason.value
+        )
         self.on_reboot(self.request)
 
     def snapshot_extra(self) -> dict[str, Any]:

@@ -139,6 +139,7 @@ What aiocoap 0.4.17 does that we work around
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import secrets
@@ -955,6 +956,24 @@ class Observation:
 _log_asyncio_error = asyncio_error_logger(
     "lwm2m", actor="sandbox.lwm2m", level="warning"
 )
+
+#: What aiocoap logs as a warning for an ordinary end of a DTLS session:
+#: a client's close_notify (a warning-level alert, code 0) and its own
+#: teardown racing the message layer at shutdown.
+_ROUTINE_DTLS_WARNINGS: Final = (
+    "Unhandled alert level 1 code 0",
+    "Internal shutdown sequence mismatch",
+)
+
+
+def _not_routine(record: logging.LogRecord) -> bool:
+    """Filter for the server's aiocoap loggers: drop routine session ends."""
+    message = record.getMessage()
+    return not any(message.startswith(text) for text in _ROUTINE_DTLS_WARNINGS)
+
+
+for _name in ("lwm2m-coap", "lwm2m-coaps"):
+    logging.getLogger(_name).addFilter(_not_routine)
 
 
 @attrs.define(eq=False)
