@@ -61,9 +61,15 @@ async def wait_for_event(
         await trio.sleep(0.1)
 
 
-def shipped_config_with_free_ports(directory: Path) -> Path:
-    """tracker.toml as shipped, but for the local cloud's ports = 0."""
+def shipped_config_with_free_ports(directory: Path, *, face: str = "aws") -> Path:
+    """tracker.toml as shipped, but for the local cloud's ports = 0.
+
+    ``face`` is ``[cloud.local] cloud``, the one switch a user flips to
+    have the device talk LwM2M instead.
+    """
     text = (REPO / "tracker.toml").read_text()
+    text, switched = re.subn(r'(?m)^cloud = "aws"$', f'cloud = "{face}"', text)
+    assert switched == 1, "tracker.toml lacks [cloud.local] cloud"
     text, mqtt = re.subn(r"(?m)^mqtt_port = \d+$", "mqtt_port = 0", text)
     text, http = re.subn(r"(?m)^http_port = \d+$", "http_port = 0", text)
     text, lwm2m = re.subn(r"(?m)^lwm2m_port = \d+$", "lwm2m_port = 0", text)
@@ -133,6 +139,58 @@ async def test_run_with_the_default_config(tmp_path: Path) -> None:
     ]
     devices = tmp_path / "var" / "local-cloud" / "devices"
     assert (devices / "352656100000010.pem").is_file()
+
+
+async def test_run_with_the_lwm2m_face(tmp_path: Path) -> None:
+    """The same file with cloud = "lwm2m": register over DTLS, Send, stop."""
+    shipped_config_with_free_ports(tmp_path, face="lwm2m")
+    log_file = tmp_path / "tracker.log"
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log_file.open("wb") as log:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "tracker", "run"],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+    try:
+        with trio.fail_after(READY_TIMEOUT):
+            ready = await wait_for_event(
+                log_file, process, lambda e: e.get("event") == "local_cloud_ready"
+            )
+            await wait_for_event(
+                log_file, process, lambda e: e.get("event") == "cloud_connected"
+            )
+            # The first Send: the A-GNSS request with the cell (objects 4
+            # and 33625), before any GNSS fix.
+            holds = await wait_for_event(
+                log_file,
+                process,
+                lambda e: e.get("event") == "lwm2m_server_holds"
+                and 33625 in e.get("objects", []),
+            )
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(STOP_TIMEOUT):
+            await process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            with trio.move_on_after(STOP_TIMEOUT, shield=True):
+                await process.wait()
+
+    events = read_events(log_file)
+    names = [event.get("event") for event in events]
+    assert process.returncode == 0, exit_report(log_file, process)
+    assert ready["lwm2m_port"] > 0
+    assert holds["endpoint"] == "urn:imei:352656100000010"
+    assert 4 in holds["objects"]
+    # The public default key is named at start, and the stop de-registers.
+    assert "lwm2m_default_psk" in names
+    assert names.index("lwm2m_deregistered") > names.index("stop_requested")
+    assert not [e for e in events if e.get("level") in ("warning", "error")
+                and e.get("event") != "lwm2m_default_psk"]  # fmt: skip
 
 
 async def test_sandbox_serves_a_client_with_an_issued_certificate(
