@@ -14,7 +14,8 @@ Design
   ``local-cloud-shadow``, ``local-cloud-jobs``, ``local-cloud-assistance``);
 * when given ports, the LwM2M server (``sandbox.lwm2m_server``): CoAP over
   DTLS with the pre-shared keys of ``lwm2m_credentials`` (identity = the
-  endpoint name), and plain CoAP for tools without DTLS.
+  endpoint name), and plain CoAP for tools without DTLS.  It is also the
+  bootstrap server of those devices, handing each an account on itself.
 
 Every certificate comes from ``sandbox.certs.LocalPki`` in ``directory``
 (``ca.pem``, ``server.pem``, ``devices/<client id>.pem``); ``issue()`` makes
@@ -50,7 +51,11 @@ from sandbox.aws_shadow import ShadowService
 from sandbox.broker import EmbeddedBroker
 from sandbox.certs import CertFiles, LocalPki
 from sandbox.files import FileServer
-from sandbox.lwm2m_server import LocalLwm2mServer, Lwm2mServerSettings
+from sandbox.lwm2m_server import (
+    BootstrapAccount,
+    LocalLwm2mServer,
+    Lwm2mServerSettings,
+)
 
 __all__ = ["LocalCloud", "LocalCloudEndpoints"]
 
@@ -220,6 +225,24 @@ class LocalCloud:
             )
         )
 
+    def _offer_bootstrap(self, server: LocalLwm2mServer) -> None:
+        """Let every known device bootstrap from the server, into itself.
+
+        A device with ``bootstrap = true`` asks the same DTLS port for its
+        account (``/bs``) and is given this server's URI with its own key;
+        the URI is known only once the port is bound.
+        """
+        if server.coaps_port is None:
+            return
+        uri = f"coaps://{_url_host(self.client_host)}:{server.coaps_port}"
+        accounts = {
+            identity.decode(): BootstrapAccount(
+                server_uri=uri, psk_identity=identity, psk_key=key
+            )
+            for identity, key in self.lwm2m_credentials.items()
+        }
+        server.settings = attrs.evolve(server.settings, bootstrap=accounts)
+
     async def run(
         self,
         *,
@@ -261,6 +284,7 @@ class LocalCloud:
             lwm2m = self._lwm2m_server()
             if lwm2m is not None:
                 await nursery.start(lwm2m.run)
+                self._offer_bootstrap(lwm2m)
             self.lwm2m = lwm2m
             endpoints = LocalCloudEndpoints(
                 host=self.client_host,

@@ -430,3 +430,45 @@ directory = "{tmp_path / "state"}"
         assert service.state is not None
         stored = service.state.load_config()
         assert stored is not None and stored.active_mode is False
+
+    async def test_device_bootstraps_from_the_local_cloud(
+        self, tmp_path: Path
+    ) -> None:
+        """bootstrap = true: the account comes from /bs, then registration."""
+        config = parse_config(
+            f"""
+[cloud.local]
+cloud = "lwm2m"
+mqtt_port = 0
+http_port = 0
+lwm2m_port = 0
+coap_port = 0
+[cloud.lwm2m]
+bootstrap = true
+[modem]
+attach_delay = 0.1
+[state]
+directory = "{tmp_path / "state"}"
+"""
+        )
+        endpoint = f"urn:imei:{IMEI}"
+        service = Service(config)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(service.run)
+                await service.local_ready.wait()
+                cloud = service.local_cloud
+                assert cloud is not None and cloud.lwm2m is not None
+                server = cloud.lwm2m
+                uri = cloud.lwm2m_uri()
+                bootstrapped = await server.wait_for("bootstrapped", endpoint)
+                registered = await server.wait_for("registered", endpoint)
+                service.request_stop()
+                await wait_until(lambda: service.stopped_by is not None)
+
+        assert bootstrapped.seq < registered.seq
+        written = {str(record.path): record.value for record in bootstrapped.records}
+        # The account on the server itself, with the device's own identity.
+        assert uri in written.values()
+        assert endpoint.encode() in written.values()
+        assert server.registrations.get(endpoint) is None  # de-registered at stop
