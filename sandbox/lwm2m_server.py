@@ -2,6 +2,13 @@
 
 Design
 ------
+This module holds ``LocalLwm2mServer``, its settings, the observations it
+makes, and re-exports (``__all__``) what it is built from: the registration
+rules (``sandbox.lwm2m_registry``), the bootstrap role
+(``sandbox.lwm2m_bootstrap``), the events and errors
+(``sandbox.lwm2m_events``), the payload codecs (``sandbox.lwm2m_payload``)
+and the aiocoap plumbing (``sandbox.lwm2m_coap``).
+
 Two layers, as in the other sandbox services:
 
 * The registration interface and the Send endpoint are answered by
@@ -28,29 +35,12 @@ session the client opened.  The address is refreshed by every Update.
 
 Registration interface (LwM2M 1.1 TS Transport, 6.2)
 ----------------------------------------------------
-* ``POST /rd?ep=..&lt=..&lwm2m=..&b=..&Q`` with a CoRE link-format payload:
-  2.01 Created with Location-Path ``rd/<id>``.  ``ep`` is required; ``lt``
-  defaults to 86400 s, ``lwm2m`` to 1.0, ``b`` to ``U``.  Queue mode is the
-  ``Q`` parameter (1.1) or a ``Q`` in the binding (1.0's ``UQ``).  A second
-  registration of an endpoint replaces the first (its location is gone).
-* ``POST /rd/<id>`` (optional ``lt``, ``b``, ``sms``, links): 2.04.
-  ``DELETE /rd/<id>``: 2.02.  An unknown ``<id>``: 4.04.
-* 4.00 for a missing or empty ``ep``, a malformed or repeated parameter, a
-  ``Q`` with a value, and a link payload that does not parse or is empty at
-  registration; 4.15 for a payload that is not link-format (40); 4.12 for a
-  well-formed ``lwm2m`` version other than 1.0, 1.1 and 1.2 (what the
-  specification prescribes for an unsupported version).  Unknown parameters
-  are ignored, so a newer client is not refused for an extension.
-* Over ``coaps`` the PSK identity of the DTLS session must be the endpoint
-  name, and an Update or De-register must come over a session of that same
-  identity: 4.03 otherwise.  aiocoap reports the identity only indirectly:
-  its ``authenticated_claims`` name the credentials entry whose key the
-  handshake used, and each entry here holds one identity.  Over ``coap``
-  (NoSec) anyone who knows a location may update or delete it, as in the
-  specification.
-* A registration expires ``lifetime`` seconds after its registration or
-  last Update (``Lwm2mServerSettings.expiry_grace`` adds a margin); a Trio
-  task sleeps until the earliest deadline.
+``POST /rd`` (Register), ``POST /rd/<id>`` (Update) and ``DELETE /rd/<id>``
+(De-register): the rules, answers and error codes are described in
+``sandbox.lwm2m_registry``, which holds them (``Lwm2mRegistry``).  This
+module routes the requests there, records the events, ends observations with
+their registration and expires registrations: a Trio task sleeps until the
+earliest deadline.
 
 Send (``POST /dp``)
 -------------------
@@ -67,36 +57,10 @@ Bootstrap (LwM2M 1.1 TS Transport 6.1, client-initiated)
 --------------------------------------------------------
 Any instance is also a Bootstrap-Server for the endpoints it has an account
 for (``Lwm2mServerSettings.bootstrap``, endpoint -> ``BootstrapAccount``,
-else ``bootstrap_default``), on the same ports as ``/rd``:
-
-* ``POST /bs?ep=<name>[&pct=<format>]``: 2.04, then a task of its own
-  provisions the client through the context and remote the request came
-  in on (inside its DTLS session over ``coaps``): Bootstrap-Delete of
-  ``/0`` and of ``/1`` (the client keeps its bootstrap server's Security
-  instance, as 1.1 requires), Bootstrap-Discover of ``/0`` to find a free
-  Security instance id (unless the account names one; a client answering
-  4.xx gets ``FALLBACK_SECURITY_INSTANCE``), Bootstrap-Write (PUT) of
-  ``/0/<i>`` and ``/1/<j>`` in SenML-CBOR, SenML-JSON or TLV (the account's
-  format, else the client's ``pct`` when it is one of those, else
-  SenML-CBOR), then Bootstrap-Finish (``POST /bs``).  Each must be
-  answered with its success code (2.02, 2.05, 2.04); the first that is not
-  ends the bootstrap.  Events: ``bootstrap_requested``, then
-  ``bootstrapped`` (with the records written) or ``bootstrap_failed``
-  (``detail`` says which step and what the client answered).  A new
-  Bootstrap-Request of the endpoint replaces one in progress.
-* 4.00 for a missing ``ep``, a malformed or repeated parameter, and an
-  endpoint without an account (the specification's answer to an unknown
-  Endpoint Client Name); nothing is sent then.  Over ``coaps`` the PSK
-  identity must be the endpoint name: 4.03 otherwise.
-* The client registers with whatever server the account names (this
-  instance or another); the server's ``psk`` must hold the identity and
-  key the account writes.  One instance has one key per identity, so a
-  bootstrap key that differs from the server key needs two instances.
-* XXX: only one LwM2M server account is provisioned, and only the
-  Security and Server objects (no OSCORE, no Access Control, no
-  Bootstrap-Read or Bootstrap-Pack); no server-initiated bootstrap.  The
-  bootstrap exchange ignores queue mode (the client is awake while it
-  bootstraps).
+else ``bootstrap_default``), on the same ports as ``/rd``.  The role
+(``POST /bs`` and the bootstrap sequence) is ``BootstrapRole`` of
+``sandbox.lwm2m_bootstrap``, a mixin of ``LocalLwm2mServer``; its module
+docstring describes it.
 
 Queue mode
 ----------
@@ -111,90 +75,150 @@ order they were made, once the client is heard.  The window is judged when
 the request is sent: a client that falls asleep during the exchange is
 caught by CoAP's retransmissions or the request timeout.
 
-What aiocoap 0.4.17 does that we work around
---------------------------------------------
-* ``tinydtls_server`` binds to the given port plus one (5683 + 1 = 5684),
-  so the port asked for is passed minus one; it cannot bind to the any
-  address (``0.0.0.0``, ``::``).
-* The DTLS server transport does not recognise the remotes it creates, so a request
-  addressed to a DTLS client fails with ``NoRequestInterface``; the
-  transport's ``recognize_remote`` is replaced on the instance.
-* The ``udp6`` transport leaves its socket open when ``bind()`` fails; the
-  server closes it.
-* XXX: ``tinydtls_server`` never purges its DTLS sessions (its purge
-  method is never called) and has no handshake timeout: each peer address
-  keeps a session and a timer task until the server stops.  Fine for tests
-  and a local cloud of a few devices; a long-running server with many
-  clients would grow.
-* trio-asyncio re-raises whatever asyncio would only log (a done-callback
-  failing, e.g. the DTLS retransmission tasks at shutdown) into the loop's
-  nursery; a handler that logs is installed instead.
-* aiocoap gives every request a fresh token and cancels observations only
-  reactively (the notification after the cancel is still acknowledged, the
-  next one gets a Reset).  ``cancel_observe`` sends the proactive cancel, a
-  GET with Observe = 1 and the observation's token, through aiocoap's
-  message layer itself.
+aiocoap 0.4.17
+--------------
+Its shortcomings, and how the server works around them, are
+described in ``sandbox.lwm2m_coap``, which holds the aiocoap site, the
+asyncio-side coroutines and the workarounds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-import re
-import secrets
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from enum import StrEnum
 from typing import Any, Final
 
 import aiocoap
 import aiocoap.error
-import aiocoap.resource
 import attrs
 import structlog
 import trio
 from aiocoap.credentials import DTLS, CredentialsMap
 from aiocoap.numbers.codes import Code
 
-from backends.aio import asyncio_error_logger
 from protocols.lwm2m_formats import (
     ContentFormat,
     FormatError,
-    ObjLink,
     Path,
     Record,
-    ResourceType,
-    UnsupportedContentFormat,
-    decode,
     decode_senml_cbor,
     decode_senml_json,
-    encode,
-    parse_registration_links,
 )
+from sandbox.lwm2m_bootstrap import (
+    BOOTSTRAP_FORMATS,
+    BOOTSTRAP_PATH,
+    FALLBACK_SECURITY_INSTANCE,
+    MAX_INSTANCE_ID,
+    SECURITY_MODE_NOSEC,
+    SECURITY_MODE_PSK,
+    SECURITY_OBJECT,
+    SERVER_OBJECT,
+    SHORT_SERVER_ID_MAX,
+    BootstrapAccount,
+    BootstrapRole,
+    _bootstrap_map,
+)
+from sandbox.lwm2m_coap import (
+    _aio_cancel_observation,
+    _aio_observe,
+    _aio_request,
+    _close_abandoned_sockets,
+    _diagnostic,
+    _dotted,
+    _log_asyncio_error,
+    _Lwm2mSite,
+    _recognise_dtls_remotes,
+    _segments,
+)
+from sandbox.lwm2m_events import (
+    EventKind,
+    Lwm2mEvent,
+    Lwm2mRequestError,
+    Lwm2mServerError,
+    Lwm2mTimeout,
+    Lwm2mUnreachable,
+    NotRegistered,
+)
+from sandbox.lwm2m_payload import (
+    TypeOf,
+    decode_payload,
+    encode_payload,
+    type_from_value,
+)
+from sandbox.lwm2m_registry import (
+    BINDING_LETTERS,
+    DEFAULT_BINDING,
+    DEFAULT_LIFETIME,
+    DEFAULT_VERSION,
+    LOCATION_PREFIX,
+    MAX_LIFETIME,
+    SUPPORTED_VERSIONS,
+    Links,
+    Lwm2mRegistry,
+    Lwm2mRequest,
+    Peer,
+    Registration,
+    Reply,
+    _Refused,
+    parse_query,
+)
+
+# The public names, whether defined here or in the modules above.
+__all__ = [
+    "BINDING_LETTERS",
+    "BOOTSTRAP_FORMATS",
+    "BOOTSTRAP_PATH",
+    "CANCEL_TIMEOUT",
+    "DEFAULT_BINDING",
+    "DEFAULT_LIFETIME",
+    "DEFAULT_VERSION",
+    "FALLBACK_SECURITY_INSTANCE",
+    "HISTORY",
+    "LOCATION_PREFIX",
+    "MAX_INSTANCE_ID",
+    "MAX_LIFETIME",
+    "OBSERVE_BUFFER",
+    "QUEUE_UPTIME",
+    "REQUEST_TIMEOUT",
+    "SECURITY_MODE_NOSEC",
+    "SECURITY_MODE_PSK",
+    "SECURITY_OBJECT",
+    "SEND_PATH",
+    "SERVER_OBJECT",
+    "SHORT_SERVER_ID_MAX",
+    "SHUTDOWN_GRACE",
+    "START_TIMEOUT",
+    "SUPPORTED_VERSIONS",
+    "BootstrapAccount",
+    "EventKind",
+    "Links",
+    "LocalLwm2mServer",
+    "Lwm2mEvent",
+    "Lwm2mRegistry",
+    "Lwm2mRequest",
+    "Lwm2mRequestError",
+    "Lwm2mServerError",
+    "Lwm2mServerSettings",
+    "Lwm2mTimeout",
+    "Lwm2mUnreachable",
+    "NotRegistered",
+    "Observation",
+    "Peer",
+    "Registration",
+    "Reply",
+    "TypeOf",
+    "decode_payload",
+    "encode_payload",
+    "parse_query",
+    "type_from_value",
+]
+
 
 log = structlog.get_logger(actor="sandbox.lwm2m")
 
-DEFAULT_LIFETIME: Final = 86400
-"""Seconds a registration lives when the client sends no ``lt``."""
-
-DEFAULT_VERSION: Final = "1.0"
-"""The LwM2M version of a registration without ``lwm2m``."""
-
-DEFAULT_BINDING: Final = "U"
-"""The binding of a registration without ``b``."""
-
-SUPPORTED_VERSIONS: Final = frozenset({"1.0", "1.1", "1.2"})
-"""``lwm2m`` values accepted; another well-formed one gets 4.12."""
-
-BINDING_LETTERS: Final = frozenset("UMHTSNQ")
-"""Letters a binding may hold (1.0's ``U``/``S``/``Q``, 1.1's ``T``/``N``,
-1.2's ``M``/``H``)."""
-
-MAX_LIFETIME: Final = 2**32 - 1
-"""The largest ``lt`` (an unsigned 32-bit resource in the Server object)."""
 
 QUEUE_UPTIME: Final = 30.0
 """Seconds a queue-mode client listens after its last message."""
@@ -218,47 +242,9 @@ CANCEL_TIMEOUT: Final = 10.0
 OBSERVE_BUFFER: Final = 64
 """Notifications an observation holds before it drops (and counts) more."""
 
-LOCATION_PREFIX: Final = "rd"
-"""The first Location-Path segment of every registration."""
 
 SEND_PATH: Final = "dp"
 """The path of the Send operation's endpoint."""
-
-BOOTSTRAP_PATH: Final = "bs"
-"""The path of the Bootstrap-Request (client) and Bootstrap-Finish (server)."""
-
-SECURITY_OBJECT: Final = 0
-"""The LwM2M Security object (server URIs and credentials)."""
-
-SERVER_OBJECT: Final = 1
-"""The LwM2M Server object (short server id, lifetime, binding)."""
-
-SECURITY_MODE_PSK: Final = 0
-"""Security Mode (``/0/x/2``) of a ``coaps`` account: pre-shared key."""
-
-SECURITY_MODE_NOSEC: Final = 3
-"""Security Mode (``/0/x/2``) of a ``coap`` account: no security."""
-
-SHORT_SERVER_ID_MAX: Final = 65534
-"""The largest Short Server ID (1 to 65534; 0 and 65535 are reserved)."""
-
-MAX_INSTANCE_ID: Final = 65534
-"""The largest object instance id (65535 is reserved)."""
-
-FALLBACK_SECURITY_INSTANCE: Final = 1
-"""The Security instance written when the client cannot say which are taken
-(its bootstrap server's account is conventionally ``/0/0``)."""
-
-BOOTSTRAP_FORMATS: Final = frozenset(
-    {ContentFormat.SENML_CBOR, ContentFormat.SENML_JSON, ContentFormat.TLV}
-)
-"""Formats a Bootstrap-Write can go out in; a ``pct`` among them is used."""
-
-# A well-formed ``lwm2m`` version: major.minor.
-_VERSION_RE: Final = re.compile(r"[0-9]+\.[0-9]+")
-
-# The target of each link in a CoRE link-format payload.
-_LINK_TARGET_RE: Final = re.compile(r"<([^>]*)>")
 
 
 # ---------------------------------------------------------------------------
@@ -273,126 +259,6 @@ def _psk_map(value: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
         if not identity or not key:
             raise ValueError("a PSK identity and its key must not be empty")
     return psk
-
-
-def _check_account_uri(_: object, attribute: attrs.Attribute[str], uri: str) -> None:
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme not in ("coap", "coaps") or not rest.strip("/"):
-        raise ValueError(
-            f"{attribute.name} {uri!r} is not a coap:// or coaps:// URI with a host"
-        )
-
-
-def _check_short_id(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 1 <= value <= SHORT_SERVER_ID_MAX:
-        raise ValueError(f"{attribute.name}={value} is not in 1..{SHORT_SERVER_ID_MAX}")
-
-
-def _check_instance(
-    _: object, attribute: attrs.Attribute[Any], value: int | None
-) -> None:
-    if value is not None and not 0 <= value <= MAX_INSTANCE_ID:
-        raise ValueError(f"{attribute.name}={value} is not in 0..{MAX_INSTANCE_ID}")
-
-
-@attrs.frozen(kw_only=True)
-class BootstrapAccount:
-    """What the Bootstrap-Server role provisions on a client.
-
-    One LwM2M server account: the Security instance (``/0/<i>``: the
-    ``server_uri``, its Security Mode, PSK identity and key, Short Server
-    ID) and the Server instance (``/1/<server_instance>``: Short Server ID,
-    ``lifetime``, ``binding``).  The Security Mode follows the scheme:
-    PSK (0) for ``coaps``, NoSec (3) for ``coap``.  ``psk_identity``
-    ``None`` writes the endpoint name (what this server's registration
-    interface requires over ``coaps``); ``psk_key`` is required for
-    ``coaps``.  The server named must know that identity and key
-    (``Lwm2mServerSettings.psk``).
-
-    ``security_instance`` ``None`` asks the client (Bootstrap-Discover on
-    ``/0``, after the Bootstrap-Delete) and takes the lowest id its
-    remaining instances (the bootstrap server's own account) leave free.
-    ``content_format`` is the format of the Bootstrap-Writes; ``None``
-    takes the client's preferred one (``pct``) when it is one of
-    ``BOOTSTRAP_FORMATS``, else SenML-CBOR.
-    """
-
-    server_uri: str = attrs.field(validator=_check_account_uri)
-    psk_identity: bytes | None = None
-    psk_key: bytes = b""
-    short_server_id: int = attrs.field(default=1, validator=_check_short_id)
-    lifetime: int = DEFAULT_LIFETIME
-    binding: str = DEFAULT_BINDING
-    security_instance: int | None = attrs.field(default=None, validator=_check_instance)
-    server_instance: int = attrs.field(default=0, validator=_check_instance)
-    content_format: ContentFormat | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if not 0 < self.lifetime <= MAX_LIFETIME:
-            raise ValueError(f"lifetime={self.lifetime} is not in 1..{MAX_LIFETIME}")
-        if not self.binding or not set(self.binding) <= BINDING_LETTERS:
-            raise ValueError(f"binding={self.binding!r} is not a binding mode")
-        if (
-            self.content_format is not None
-            and self.content_format not in BOOTSTRAP_FORMATS
-        ):
-            raise ValueError(
-                f"content_format={self.content_format} is not one of "
-                f"{sorted(int(f) for f in BOOTSTRAP_FORMATS)}"
-            )
-        if self.secure and not self.psk_key:
-            raise ValueError(f"a coaps account ({self.server_uri}) needs a psk_key")
-        if self.psk_identity == b"":
-            raise ValueError("psk_identity must not be empty (None: the endpoint)")
-
-    @property
-    def secure(self) -> bool:
-        """Whether the account's server is reached over DTLS."""
-        return self.server_uri.startswith("coaps:")
-
-    @property
-    def security_mode(self) -> int:
-        """The Security Mode resource ``/0/x/2`` the scheme calls for."""
-        return SECURITY_MODE_PSK if self.secure else SECURITY_MODE_NOSEC
-
-    def security_records(self, endpoint: str, instance: int) -> list[Record]:
-        """The resources of ``/0/<instance>`` for ``endpoint``."""
-        base = (SECURITY_OBJECT, instance)
-        identity = self.psk_identity or endpoint.encode("utf-8")
-        values: tuple[tuple[int, Any], ...] = (
-            (0, self.server_uri),
-            (1, False),  # Bootstrap-Server: this is an LwM2M server
-            (2, self.security_mode),
-            # NoSec carries no credentials; the resources are mandatory.
-            (3, identity if self.secure else b""),
-            (4, b""),  # Server Public Key: unused with PSK
-            (5, self.psk_key if self.secure else b""),
-            (10, self.short_server_id),
-        )
-        return [Record(Path.from_ids((*base, rid)), value) for rid, value in values]
-
-    def server_records(self) -> list[Record]:
-        """The resources of ``/1/<server_instance>``."""
-        base = (SERVER_OBJECT, self.server_instance)
-        values: tuple[tuple[int, Any], ...] = (
-            (0, self.short_server_id),
-            (1, self.lifetime),
-            (6, True),  # Notification Storing When Disabled or Offline
-            (7, self.binding),
-        )
-        return [Record(Path.from_ids((*base, rid)), value) for rid, value in values]
-
-
-def _bootstrap_map(
-    value: Mapping[str, BootstrapAccount],
-) -> dict[str, BootstrapAccount]:
-    accounts = dict(value)
-    for endpoint, account in accounts.items():
-        if not isinstance(endpoint, str) or not endpoint:
-            raise ValueError(f"bootstrap endpoint name {endpoint!r} must be a string")
-        if not isinstance(account, BootstrapAccount):
-            raise TypeError(f"bootstrap[{endpoint!r}] is not a BootstrapAccount")
-    return accounts
 
 
 @attrs.frozen(kw_only=True)
@@ -421,497 +287,6 @@ class Lwm2mServerSettings:
     request_timeout: float = REQUEST_TIMEOUT
     expiry_grace: float = 0.0
     history: int = HISTORY
-
-
-@attrs.frozen(kw_only=True)
-class Peer:
-    """Who sent a request: scheme, address, and the proven PSK identity.
-
-    ``remote`` is aiocoap's endpoint address, to answer through; ``None``
-    when a test calls ``handle()`` directly.
-    """
-
-    scheme: str
-    address: str
-    identity: bytes | None = None
-    remote: Any = attrs.field(default=None, eq=False, repr=False)
-
-
-@attrs.frozen(kw_only=True)
-class Lwm2mRequest:
-    """A request to the server, independent of the CoAP library."""
-
-    method: str
-    path: tuple[str, ...]
-    query: tuple[str, ...] = ()
-    payload: bytes = b""
-    content_format: int | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Reply:
-    """The answer to an ``Lwm2mRequest``: a dotted code such as ``"2.01"``."""
-
-    code: str
-    location: tuple[str, ...] = ()
-    diagnostic: str = ""
-
-
-@attrs.frozen(kw_only=True)
-class Registration:
-    """One client's registration; times are ``trio.current_time()``.
-
-    ``links`` are the object links of the payload as parsed, ``(Path,
-    attributes)``; ``root_attributes`` those of the ``</>`` link (``ct``:
-    the content formats the client prefers).  ``remote`` is the client's
-    address (``host:port``) and ``scheme`` ``coap`` or ``coaps``;
-    ``identity`` is the PSK identity of a DTLS client.
-    """
-
-    endpoint: str
-    location: str
-    lifetime: int
-    binding: str
-    queue_mode: bool
-    lwm2m_version: str
-    links: Links
-    root_attributes: dict[str, str]
-    remote: str
-    scheme: str
-    identity: bytes | None
-    sms: str | None
-    registered_at: float
-    updated_at: float
-    expires_at: float
-    peer: Peer = attrs.field(eq=False, repr=False)
-
-    @property
-    def location_path(self) -> tuple[str, str]:
-        """The Location-Path segments: ``("rd", "<id>")``."""
-        return (LOCATION_PREFIX, self.location)
-
-
-class EventKind(StrEnum):
-    """What an ``Lwm2mEvent`` reports."""
-
-    REGISTERED = "registered"
-    UPDATED = "updated"
-    DEREGISTERED = "deregistered"
-    EXPIRED = "expired"
-    SEND = "send"
-    NOTIFICATION = "notification"
-    BOOTSTRAP_REQUESTED = "bootstrap_requested"
-    BOOTSTRAPPED = "bootstrapped"
-    BOOTSTRAP_FAILED = "bootstrap_failed"
-
-
-@attrs.frozen(kw_only=True)
-class Lwm2mEvent:
-    """Something that happened, numbered from 0 in order (``seq``).
-
-    ``records`` are a Send's, a notification's, or what a bootstrap wrote;
-    ``detail`` says why a bootstrap failed.
-    """
-
-    seq: int
-    kind: EventKind
-    endpoint: str
-    time: float
-    registration: Registration | None = None
-    records: tuple[Record, ...] = ()
-    path: Path | None = None
-    detail: str = ""
-
-
-class Lwm2mServerError(Exception):
-    """Base class of the errors the server raises toward its Trio callers."""
-
-
-class NotRegistered(Lwm2mServerError):
-    """The endpoint has no registration (or lost it while a request waited)."""
-
-
-class Lwm2mRequestError(Lwm2mServerError):
-    """The client answered with an error code, or with an unusable payload."""
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Lwm2mUnreachable(Lwm2mServerError):
-    """The request could not be delivered (retransmissions ran out, no
-    DTLS session, the server stopped)."""
-
-
-class Lwm2mTimeout(Lwm2mServerError):
-    """No response within ``request_timeout``."""
-
-
-class _Refused(Exception):
-    """A request answered with an error code."""
-
-    def __init__(self, code: str, diagnostic: str) -> None:
-        super().__init__(f"{code} {diagnostic}")
-        self.code = code
-        self.diagnostic = diagnostic
-
-
-# ---------------------------------------------------------------------------
-# Request parsing
-
-
-def parse_query(query: Sequence[str]) -> dict[str, str | None]:
-    """The Uri-Query options as ``{name: value}``; ``None`` for a flag.
-
-    Raises ``_Refused`` (4.00) for an empty name or a repeated one.
-    """
-    params: dict[str, str | None] = {}
-    for item in query:
-        name, sep, value = item.partition("=")
-        if not name:
-            raise _Refused("4.00", f"malformed query parameter {item!r}")
-        if name in params:
-            raise _Refused("4.00", f"query parameter {name!r} is repeated")
-        params[name] = value if sep else None
-    return params
-
-
-def _text_param(params: Mapping[str, str | None], name: str) -> str | None:
-    if name not in params:
-        return None
-    value = params[name]
-    if not value:
-        raise _Refused("4.00", f"query parameter {name!r} needs a value")
-    return value
-
-
-def _lifetime(params: Mapping[str, str | None]) -> int | None:
-    value = _text_param(params, "lt")
-    if value is None:
-        return None
-    if not value.isdigit() or not 0 < int(value) <= MAX_LIFETIME:
-        raise _Refused("4.00", f"lifetime lt={value!r} is not a positive integer")
-    return int(value)
-
-
-def _binding(params: Mapping[str, str | None]) -> str | None:
-    value = _text_param(params, "b")
-    if value is None:
-        return None
-    if not set(value) <= BINDING_LETTERS or len(set(value)) != len(value):
-        raise _Refused("4.00", f"binding b={value!r} is not a binding mode")
-    return value
-
-
-def _queue_flag(params: Mapping[str, str | None]) -> bool:
-    if "Q" not in params:
-        return False
-    if params["Q"] is not None:
-        raise _Refused("4.00", "queue mode Q takes no value")
-    return True
-
-
-def _version(params: Mapping[str, str | None]) -> str:
-    value = _text_param(params, "lwm2m")
-    if value is None:
-        return DEFAULT_VERSION
-    if not _VERSION_RE.fullmatch(value):
-        raise _Refused("4.00", f"LwM2M version lwm2m={value!r} is malformed")
-    if value not in SUPPORTED_VERSIONS:
-        raise _Refused("4.12", f"LwM2M version {value} is not supported")
-    return value
-
-
-Links = tuple[tuple[Path, dict[str, str]], ...]
-"""Object links as parsed: ``(path, attributes)`` pairs."""
-
-
-def _links(
-    request: Lwm2mRequest, *, required: bool
-) -> tuple[dict[str, str], Links] | None:
-    """Root attributes and object links of the payload, or ``None``."""
-    if request.content_format not in (None, ContentFormat.LINK_FORMAT):
-        raise _Refused(
-            "4.15",
-            f"object links must be link-format (40), not {request.content_format}",
-        )
-    if not request.payload.strip():
-        if required:
-            raise _Refused("4.00", "the registration carries no object links")
-        return None
-    try:
-        root, links = parse_registration_links(request.payload.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise _Refused(
-            "4.00", f"object links are not UTF-8 (byte {exc.start})"
-        ) from None
-    except FormatError as exc:
-        raise _Refused("4.00", f"object links do not parse: {exc}") from None
-    if not links:
-        raise _Refused("4.00", "the registration carries no object links")
-    return dict(root), tuple((path, dict(attributes)) for path, attributes in links)
-
-
-# ---------------------------------------------------------------------------
-# The registry
-
-
-@attrs.define(eq=False)
-class Lwm2mRegistry:
-    """Every registration, with the LwM2M rules; no I/O, time is given.
-
-    ``registrations`` maps each endpoint to its registration.  Operations
-    raise ``_Refused`` for requests to answer with an error.
-    """
-
-    expiry_grace: float = 0.0
-    registrations: dict[str, Registration] = attrs.field(factory=dict)
-    _by_location: dict[str, str] = attrs.field(factory=dict, init=False)
-
-    def by_location(self, location: str) -> Registration | None:
-        """The registration at ``rd/<location>``, if any."""
-        endpoint = self._by_location.get(location)
-        return None if endpoint is None else self.registrations.get(endpoint)
-
-    def by_peer(self, peer: Peer) -> Registration | None:
-        """The registration of the client that sent a request.
-
-        Over ``coaps`` the PSK identity names it; over ``coap`` its address.
-        """
-        if peer.scheme == "coaps":
-            if peer.identity is None:
-                return None
-            try:
-                endpoint = peer.identity.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-            registration = self.registrations.get(endpoint)
-            if registration is not None and registration.scheme == "coaps":
-                return registration
-            return None
-        for registration in self.registrations.values():
-            if (registration.scheme, registration.remote) == (
-                peer.scheme,
-                peer.address,
-            ):
-                return registration
-        return None
-
-    def register(
-        self, request: Lwm2mRequest, peer: Peer, now: float
-    ) -> tuple[Registration, Registration | None]:
-        """Register; return the registration and the one it replaced."""
-        params = parse_query(request.query)
-        endpoint = _text_param(params, "ep")
-        if endpoint is None:
-            raise _Refused("4.00", "the registration has no endpoint name ep")
-        lifetime = _lifetime(params) or DEFAULT_LIFETIME
-        binding = _binding(params) or DEFAULT_BINDING
-        queue = _queue_flag(params) or "Q" in binding
-        version = _version(params)
-        sms = _text_param(params, "sms")
-        parsed = _links(request, required=True)
-        assert parsed is not None
-        root_attributes, links = parsed
-        if peer.scheme == "coaps" and peer.identity != endpoint.encode("utf-8"):
-            raise _Refused(
-                "4.03",
-                f"PSK identity {peer.identity!r} may not register endpoint "
-                f"{endpoint!r}",
-            )
-        previous = self.registrations.pop(endpoint, None)
-        if previous is not None:
-            self._by_location.pop(previous.location, None)
-        location = secrets.token_hex(4)
-        while location in self._by_location:  # pragma: no cover - 2**-32
-            location = secrets.token_hex(4)
-        registration = Registration(
-            endpoint=endpoint,
-            location=location,
-            lifetime=lifetime,
-            binding=binding,
-            queue_mode=queue,
-            lwm2m_version=version,
-            links=links,
-            root_attributes=root_attributes,
-            remote=peer.address,
-            scheme=peer.scheme,
-            identity=peer.identity,
-            sms=sms,
-            registered_at=now,
-            updated_at=now,
-            expires_at=now + lifetime + self.expiry_grace,
-            peer=peer,
-        )
-        self.registrations[endpoint] = registration
-        self._by_location[location] = endpoint
-        return registration, previous
-
-    def update(
-        self, location: str, request: Lwm2mRequest, peer: Peer, now: float
-    ) -> Registration:
-        """Apply a registration Update to ``rd/<location>``."""
-        registration = self._owned(location, peer)
-        params = parse_query(request.query)
-        if "ep" in params:
-            raise _Refused("4.00", "an Update cannot change the endpoint name")
-        lifetime = _lifetime(params) or registration.lifetime
-        binding = _binding(params) or registration.binding
-        # 1.1 sets queue mode at registration (Q); a 1.0 binding carries it
-        # (UQ), so a 1.0 Update with a new binding may change it.
-        queue = registration.queue_mode or _queue_flag(params)
-        if "b" in params and registration.lwm2m_version == "1.0":
-            queue = "Q" in binding
-        parsed = _links(request, required=False)
-        if parsed is not None:
-            registration = attrs.evolve(
-                registration, root_attributes=parsed[0], links=parsed[1]
-            )
-        updated = attrs.evolve(
-            registration,
-            lifetime=lifetime,
-            binding=binding,
-            queue_mode=queue,
-            sms=_text_param(params, "sms") or registration.sms,
-            remote=peer.address,
-            updated_at=now,
-            expires_at=now + lifetime + self.expiry_grace,
-            peer=peer,
-        )
-        self.registrations[updated.endpoint] = updated
-        return updated
-
-    def deregister(self, location: str, peer: Peer) -> Registration:
-        """Remove ``rd/<location>``."""
-        registration = self._owned(location, peer)
-        del self.registrations[registration.endpoint]
-        del self._by_location[location]
-        return registration
-
-    def expire(self, now: float) -> list[Registration]:
-        """Remove and return the registrations whose lifetime ran out."""
-        expired = [r for r in self.registrations.values() if r.expires_at <= now]
-        for registration in expired:
-            del self.registrations[registration.endpoint]
-            self._by_location.pop(registration.location, None)
-        return expired
-
-    def next_expiry(self) -> float:
-        """The earliest ``expires_at``, or ``inf`` without registrations."""
-        return min(
-            (r.expires_at for r in self.registrations.values()), default=math.inf
-        )
-
-    def _owned(self, location: str, peer: Peer) -> Registration:
-        registration = self.by_location(location)
-        if registration is None:
-            raise _Refused("4.04", f"no registration at {LOCATION_PREFIX}/{location}")
-        if registration.scheme == "coaps" and (
-            peer.scheme != "coaps" or peer.identity != registration.identity
-        ):
-            raise _Refused(
-                "4.03",
-                f"{LOCATION_PREFIX}/{location} belongs to another DTLS identity",
-            )
-        return registration
-
-
-# ---------------------------------------------------------------------------
-# Payload codecs
-
-
-def _code(dotted: str) -> Code:
-    major, _, minor = dotted.partition(".")
-    return Code((int(major) << 5) | int(minor))
-
-
-def _dotted(code: Code) -> str:
-    return str(code.dotted)
-
-
-TypeOf = Callable[[Path], ResourceType | None]
-"""A resource's type by path, as the codecs of ``lwm2m_formats`` take it."""
-
-# What a single-value format decodes to when the caller knows no type.
-_UNTYPED: Final[dict[int, ResourceType | None]] = {
-    ContentFormat.TEXT: ResourceType.STRING,
-    ContentFormat.OPAQUE: ResourceType.OPAQUE,
-}
-
-
-def decode_payload(
-    payload: bytes,
-    content_format: int | None,
-    path: Path,
-    *,
-    type_of: TypeOf | None = None,
-    now: float | None = None,
-) -> list[Record]:
-    """The records of a response to a request on ``path``.
-
-    ``type_of`` gives resource types for TLV, text and CBOR; without one a
-    TLV value stays raw bytes, text stays a string and opaque stays bytes.
-    A response without a Content-Format is read as text.  ``now`` resolves
-    SenML's relative times.
-
-    Raises:
-        FormatError: the payload does not decode, or its format is not one
-            the codecs know.
-    """
-    fmt = ContentFormat.TEXT if content_format is None else content_format
-    fallback = _UNTYPED.get(fmt)
-
-    def typed(resource: Path) -> ResourceType | None:
-        rtype = None if type_of is None else type_of(resource)
-        return fallback if rtype is None else rtype
-
-    try:
-        return decode(payload, fmt, path, typed, now=now)
-    except UnsupportedContentFormat as exc:
-        raise FormatError(str(exc)) from None
-
-
-def type_from_value(value: object) -> ResourceType | None:
-    """The resource type a Python value suggests (``int`` is Integer)."""
-    for kind, rtype in (
-        (bool, ResourceType.BOOLEAN),
-        (int, ResourceType.INTEGER),
-        (float, ResourceType.FLOAT),
-        (str, ResourceType.STRING),
-        (bytes, ResourceType.OPAQUE),
-        (ObjLink, ResourceType.OBJLNK),
-    ):
-        if isinstance(value, kind):
-            return rtype
-    return None
-
-
-def encode_payload(
-    records: Sequence[Record],
-    content_format: ContentFormat,
-    path: Path,
-    *,
-    type_of: TypeOf | None = None,
-) -> bytes:
-    """``records`` for a Write on ``path`` in ``content_format``.
-
-    Without ``type_of`` each record's Python value decides its type.
-
-    Raises:
-        FormatError: the records cannot be put in that format (e.g. two
-            records as text), or the format is not one the codecs know.
-    """
-    by_value = {record.path: type_from_value(record.value) for record in records}
-
-    def typed(resource: Path) -> ResourceType | None:
-        rtype = None if type_of is None else type_of(resource)
-        return by_value.get(resource) if rtype is None else rtype
-
-    try:
-        return encode(records, content_format, path, typed)
-    except UnsupportedContentFormat as exc:
-        raise FormatError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -953,31 +328,8 @@ class Observation:
 # The server
 
 
-_log_asyncio_error = asyncio_error_logger(
-    "lwm2m", actor="sandbox.lwm2m", level="warning"
-)
-
-#: What aiocoap logs as a warning for an ordinary end of a DTLS session:
-#: a client's close_notify (a warning-level alert, code 0) and its own
-#: teardown racing the message layer at shutdown.
-_ROUTINE_DTLS_WARNINGS: Final = (
-    "Unhandled alert level 1 code 0",
-    "Internal shutdown sequence mismatch",
-)
-
-
-def _not_routine(record: logging.LogRecord) -> bool:
-    """Filter for the server's aiocoap loggers: drop routine session ends."""
-    message = record.getMessage()
-    return not any(message.startswith(text) for text in _ROUTINE_DTLS_WARNINGS)
-
-
-for _name in ("lwm2m-coap", "lwm2m-coaps"):
-    logging.getLogger(_name).addFilter(_not_routine)
-
-
 @attrs.define(eq=False)
-class LocalLwm2mServer:
+class LocalLwm2mServer(BootstrapRole):
     """The LwM2M server; see the module docstring.
 
     ``registrations`` (endpoint -> ``Registration``), ``sends`` (endpoint ->
@@ -1207,235 +559,6 @@ class LocalLwm2mServer:
             records=records,
         )
         return Reply(code="2.04")
-
-    # -- the bootstrap interface --------------------------------------------
-
-    def _on_bootstrap_request(self, request: Lwm2mRequest, peer: Peer) -> Reply:
-        """Bootstrap-Request ``POST /bs?ep=..[&pct=..]``: 2.04, then provision.
-
-        The provisioning runs as its own task (``_bootstrap_client``) toward
-        the remote the request came from, after this reply has gone out.
-        """
-        params = parse_query(request.query)
-        endpoint = _text_param(params, "ep")
-        if endpoint is None:
-            raise _Refused("4.00", "the Bootstrap-Request has no endpoint name ep")
-        pct = _text_param(params, "pct")
-        if pct is not None and not pct.isdigit():
-            raise _Refused("4.00", f"preferred content format pct={pct!r} is malformed")
-        account = self.settings.bootstrap.get(endpoint, self.settings.bootstrap_default)
-        if account is None:
-            # TS Transport (Bootstrap-Request): 4.00 Bad Request is the
-            # answer to an unknown Endpoint Client Name.  (4.04 would say the
-            # /bs resource itself is missing, which it is not.)
-            diagnostic = f"no bootstrap account for endpoint {endpoint!r}"
-            self._emit(EventKind.BOOTSTRAP_FAILED, endpoint, detail=diagnostic)
-            raise _Refused("4.00", diagnostic)
-        if peer.scheme == "coaps" and peer.identity != endpoint.encode("utf-8"):
-            # As for registrations: a DTLS identity bootstraps only itself.
-            diagnostic = (
-                f"PSK identity {peer.identity!r} may not bootstrap endpoint "
-                f"{endpoint!r}"
-            )
-            self._emit(EventKind.BOOTSTRAP_FAILED, endpoint, detail=diagnostic)
-            raise _Refused("4.03", diagnostic)
-        fmt = account.content_format
-        if fmt is None:
-            preferred = None if pct is None else int(pct)
-            fmt = (
-                ContentFormat(preferred)
-                if preferred in BOOTSTRAP_FORMATS
-                else ContentFormat.SENML_CBOR
-            )
-        nursery = self._nursery
-        if nursery is None:
-            raise _Refused("5.03", "the bootstrap server is not running")
-        previous = self._bootstraps.pop(endpoint, None)
-        if previous is not None:
-            previous.cancel()
-        scope = trio.CancelScope()
-        self._bootstraps[endpoint] = scope
-        self._emit(
-            EventKind.BOOTSTRAP_REQUESTED, endpoint, detail=f"content format {fmt}"
-        )
-        nursery.start_soon(self._bootstrap_client, scope, endpoint, account, fmt, peer)
-        return Reply(code="2.04")
-
-    async def _bootstrap_client(
-        self,
-        scope: trio.CancelScope,
-        endpoint: str,
-        account: BootstrapAccount,
-        fmt: ContentFormat,
-        peer: Peer,
-    ) -> None:
-        """Provision ``account`` on the client; a BOOTSTRAPPED or
-        BOOTSTRAP_FAILED event says how it went."""
-        try:
-            with scope:
-                try:
-                    written = await self._provision(endpoint, account, fmt, peer)
-                except (Lwm2mServerError, FormatError) as exc:
-                    log.warning(
-                        "lwm2m_bootstrap_failed", endpoint=endpoint, reason=str(exc)
-                    )
-                    self._emit(EventKind.BOOTSTRAP_FAILED, endpoint, detail=str(exc))
-                else:
-                    self._emit(EventKind.BOOTSTRAPPED, endpoint, records=written)
-            if scope.cancelled_caught:
-                self._emit(
-                    EventKind.BOOTSTRAP_FAILED,
-                    endpoint,
-                    detail="replaced by a newer Bootstrap-Request",
-                )
-        finally:
-            if self._bootstraps.get(endpoint) is scope:
-                del self._bootstraps[endpoint]
-
-    async def _provision(
-        self,
-        endpoint: str,
-        account: BootstrapAccount,
-        fmt: ContentFormat,
-        peer: Peer,
-    ) -> list[Record]:
-        """Bootstrap-Delete, (Discover,) Bootstrap-Write, Bootstrap-Finish.
-
-        Returns the records written.  Raises ``Lwm2mRequestError`` for an
-        unexpected answer, ``Lwm2mUnreachable``/``Lwm2mTimeout`` as
-        ``_request``.
-        """
-        for object_id in (SECURITY_OBJECT, SERVER_OBJECT):
-            # The client keeps its bootstrap server's Security instance.
-            await self._bootstrap_request(
-                endpoint, peer, "Bootstrap-Delete", aiocoap.DELETE, (object_id,),
-                expect="2.02",
-            )  # fmt: skip
-        security = account.security_instance
-        if security is None:
-            security = await self._free_security_instance(endpoint, peer)
-        security_records = account.security_records(endpoint, security)
-        server_records = account.server_records()
-        for instance, records in (
-            ((SECURITY_OBJECT, security), security_records),
-            ((SERVER_OBJECT, account.server_instance), server_records),
-        ):
-            path = Path.from_ids(instance)
-            await self._bootstrap_request(
-                endpoint, peer, "Bootstrap-Write", aiocoap.PUT, instance,
-                payload=encode_payload(records, fmt, path), content_format=fmt,
-                expect="2.04",
-            )  # fmt: skip
-        await self._bootstrap_request(
-            endpoint, peer, "Bootstrap-Finish", aiocoap.POST, (BOOTSTRAP_PATH,),
-            expect="2.04",
-        )  # fmt: skip
-        return security_records + server_records
-
-    async def _free_security_instance(self, endpoint: str, peer: Peer) -> int:
-        """Bootstrap-Discover ``/0``: the lowest Security instance id free.
-
-        A client that does not do Discover (a 4.xx: LwM2M 1.0 has no
-        Bootstrap-Discover) gets ``FALLBACK_SECURITY_INSTANCE``; a 5.xx is
-        the client failing, and fails the bootstrap.
-        """
-        try:
-            response = await self._bootstrap_request(
-                endpoint, peer, "Bootstrap-Discover", aiocoap.GET,
-                (SECURITY_OBJECT,), accept=ContentFormat.LINK_FORMAT, expect="2.05",
-            )  # fmt: skip
-        except Lwm2mRequestError as exc:
-            if exc.code is None or not exc.code.startswith("4."):
-                raise
-            log.info(
-                "lwm2m_bootstrap_discover_unsupported",
-                endpoint=endpoint,
-                code=exc.code,
-                instance=FALLBACK_SECURITY_INSTANCE,
-            )
-            return FALLBACK_SECURITY_INSTANCE
-        taken: set[int] = set()
-        for target in _LINK_TARGET_RE.findall(response.payload.decode("latin-1")):
-            try:
-                path = Path.parse(target)
-            except FormatError:
-                raise Lwm2mRequestError(
-                    f"Bootstrap-Discover of {endpoint!r} named {target!r}, "
-                    "not an LwM2M path",
-                    code=_dotted(response.code),
-                ) from None
-            if path.object_id == SECURITY_OBJECT and path.instance is not None:
-                taken.add(path.instance)
-        return min(set(range(len(taken) + 1)) - taken)
-
-    async def _bootstrap_request(
-        self,
-        endpoint: str,
-        peer: Peer,
-        operation: str,
-        method: Code,
-        ids: tuple[int | str, ...],
-        *,
-        payload: bytes = b"",
-        content_format: ContentFormat | None = None,
-        accept: ContentFormat | None = None,
-        expect: str,
-    ) -> aiocoap.Message:
-        """One bootstrap request to the client at ``peer``, answered ``expect``.
-
-        It goes through the context that received the Bootstrap-Request,
-        to the remote aiocoap recorded (inside the DTLS session over
-        ``coaps``).
-        """
-        from trio_asyncio import aio_as_trio
-
-        context = self._contexts.get(peer.scheme)
-        if context is None or peer.remote is None or self._loop is None:
-            raise Lwm2mUnreachable(
-                f"{operation} to {endpoint!r}: {peer.scheme} is not being served"
-            )
-        segments = tuple(str(i) for i in ids)
-        where = "/" + "/".join(segments)
-        message = aiocoap.Message(code=method, uri_path=segments)
-        message.remote = peer.remote
-        if payload:
-            message.payload = payload
-        if content_format is not None:
-            message.opt.content_format = int(content_format)
-        if accept is not None:
-            message.opt.accept = int(accept)
-        log.debug(
-            "lwm2m_bootstrap_request", endpoint=endpoint, op=operation, path=where
-        )
-        try:
-            with trio.fail_after(self.settings.request_timeout):
-                response: aiocoap.Message = await aio_as_trio(
-                    _aio_request, loop=self._loop
-                )(context, message)
-        except trio.TooSlowError:
-            raise Lwm2mTimeout(
-                f"no answer from {endpoint!r} to {operation} {where} within "
-                f"{self.settings.request_timeout} s"
-            ) from None
-        except aiocoap.error.Error as exc:
-            reason = str(exc) or type(exc).__name__
-            raise Lwm2mUnreachable(
-                f"{operation} {where} to {endpoint!r} failed: {reason}"
-            ) from exc
-        except asyncio.CancelledError:
-            # aiocoap cancelled it (shutdown), not Trio (STYLE P3).
-            raise Lwm2mUnreachable(
-                f"{operation} {where} to {endpoint!r} was cancelled: the server is "
-                "stopping"
-            ) from None
-        code = _dotted(response.code)
-        if code != expect:
-            raise Lwm2mRequestError(
-                f"{operation} {where} on {endpoint!r} answered {code} "
-                f"{_diagnostic(response)}".rstrip(),
-                code=code,
-            )
-        return response
 
     async def _expire_registrations(self) -> None:
         """Remove each registration when its lifetime runs out, forever."""
@@ -1986,117 +1109,3 @@ class LocalLwm2mServer:
 
 def _as_path(path: Path | str) -> Path:
     return Path.parse(path) if isinstance(path, str) else path
-
-
-def _segments(path: Path) -> tuple[str, ...]:
-    return tuple(segment for segment in str(path).split("/") if segment)
-
-
-def _diagnostic(message: aiocoap.Message) -> str:
-    return str(message.payload.decode("utf-8", errors="replace"))[:200]
-
-
-def _close_abandoned_sockets(exc: BaseException) -> None:
-    # XXX: aiocoap 0.4.17's udp6 transport creates its socket, then binds it,
-    # and leaves it open when bind() fails (a port in use); its
-    # ResourceWarning would surface later, wherever the GC runs.
-    traceback = exc.__traceback__
-    while traceback is not None:
-        sock = traceback.tb_frame.f_locals.get("sock")
-        if isinstance(sock, socket.socket):
-            sock.close()
-        traceback = traceback.tb_next
-
-
-def _recognise_dtls_remotes(interface: Any) -> None:
-    # XXX: aiocoap 0.4.17's DTLS server transport answers recognize_remote()
-    # only for plain simplesocketserver addresses, never for the DTLS ones it
-    # makes, so Context.request() toward a DTLS client finds no interface.
-    from aiocoap.transports.tinydtls_server import _AddressDTLS
-
-    pool = interface._pool
-
-    async def recognize_remote(remote: object) -> bool:
-        return isinstance(remote, _AddressDTLS) and remote._protocol is pool
-
-    interface.recognize_remote = recognize_remote
-
-
-# ---------------------------------------------------------------------------
-# asyncio side
-
-
-async def _aio_request(
-    context: aiocoap.Context, message: aiocoap.Message
-) -> aiocoap.Message:
-    response: aiocoap.Message = await context.request(message).response
-    return response
-
-
-async def _aio_observe(
-    context: aiocoap.Context,
-    message: aiocoap.Message,
-    deliver: Callable[[aiocoap.Message], None],
-) -> aiocoap.Message:
-    request = context.request(message)
-    observation = request.observation
-    try:
-        first: aiocoap.Message = await request.response
-        deliver(first)
-        if first.code.is_successful() and first.opt.observe is not None:
-            async for notification in observation:
-                deliver(notification)
-        return first
-    finally:
-        if observation is not None and not observation.cancelled:
-            observation.cancel()
-
-
-async def _aio_cancel_observation(
-    context: aiocoap.Context,
-    response: aiocoap.Message,
-    path: Path,
-    accept: ContentFormat | None,
-) -> None:
-    """Send the GET with Observe = 1 that cancels an observation.
-
-    Its answer carries the observation's token, so it reaches the original
-    request and ends its observation there.
-    """
-    # XXX: aiocoap 0.4.17 gives every request a fresh token and cancels
-    # observations only reactively, so the GET goes to the message layer
-    # directly, with the token of the observation's responses.
-    message = aiocoap.Message(code=aiocoap.GET, uri_path=_segments(path), observe=1)
-    message.token = response.token
-    message.remote = response.remote
-    if accept is not None:
-        message.opt.accept = int(accept)
-    interface = await context.find_remote_and_interface(message)
-    interface.token_interface.send_message(message, lambda: None)
-
-
-class _Lwm2mSite(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
-    """The whole server as one aiocoap resource: every path ends here."""
-
-    def __init__(self, server: LocalLwm2mServer) -> None:
-        super().__init__()
-        self._server = server
-
-    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
-        content_format = request.opt.content_format
-        lwm2m_request = Lwm2mRequest(
-            method=str(request.code.name),
-            path=tuple(request.opt.uri_path),
-            query=tuple(request.opt.uri_query),
-            payload=bytes(request.payload),
-            content_format=None if content_format is None else int(content_format),
-        )
-        reply = self._server.handle(
-            lwm2m_request, self._server._peer_of(request.remote)
-        )
-        response = aiocoap.Message(code=_code(reply.code))
-        if reply.location:
-            response.opt.location_path = reply.location
-        if reply.diagnostic and not response.code.is_successful():
-            response.payload = reply.diagnostic.encode("utf-8")
-        return response
