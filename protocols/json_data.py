@@ -140,9 +140,10 @@ def cjson_number(value: float) -> str:
     # int32 range can compare equal to it.
     if value.is_integer() and INT32_MIN <= value <= INT32_MAX:
         return str(int(value))
-    text = "%1.15g" % value
+    # printf formats, as cJSON writes them (print_number).
+    text = "%1.15g" % value  # noqa: UP031
     if not _reads_back(text, value):
-        text = "%1.17g" % value
+        text = "%1.17g" % value  # noqa: UP031
     return text
 
 
