@@ -138,6 +138,9 @@ UPDATE_MIN_DELAY: Final = 1.0
 BOOTSTRAP_TIMEOUT: Final = 120.0
 # Seconds a de-registration may take on disconnect before it counts as failed.
 DEREGISTER_TIMEOUT: Final = 10.0
+# Seconds a stopping backend may spend de-registering in all (the DELETE
+# and the attempt task's end), so a stop never hangs on the server.
+STOP_GRACE: Final = DEREGISTER_TIMEOUT + 5.0
 # The LwM2M version and binding the client registers with.
 LWM2M_VERSION: Final = "1.1"
 BINDING: Final = "U"
@@ -410,8 +413,11 @@ class Lwm2mBackend(CloudBackend):
                     await trio.sleep_forever()
                 finally:
                     with trio.CancelScope(shield=True):
-                        await self.disconnect()
-                        connections.cancel()
+                        try:
+                            with trio.move_on_after(STOP_GRACE):
+                                await self.disconnect()
+                        finally:
+                            connections.cancel()
         finally:
             self._nursery = None
             self._attempt = None
