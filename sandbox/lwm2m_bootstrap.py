@@ -49,7 +49,6 @@ else ``bootstrap_default``), on the same ports as ``/rd``:
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -62,13 +61,12 @@ import trio
 from aiocoap.numbers.codes import Code
 
 from protocols.lwm2m_formats import ContentFormat, FormatError, Path, Record
-from sandbox.lwm2m_coap import _aio_request, _diagnostic, _dotted
+from sandbox.lwm2m_coap import _aio_request, _diagnostic, _dotted, request_errors
 from sandbox.lwm2m_events import (
     EventKind,
     Lwm2mEvent,
     Lwm2mRequestError,
     Lwm2mServerError,
-    Lwm2mTimeout,
     Lwm2mUnreachable,
 )
 from sandbox.lwm2m_payload import encode_payload
@@ -481,27 +479,12 @@ class BootstrapRole:
         log.debug(
             "lwm2m_bootstrap_request", endpoint=endpoint, op=operation, path=where
         )
-        try:
-            with trio.fail_after(self.settings.request_timeout):
+        timeout = self.settings.request_timeout
+        with request_errors(endpoint, f"{operation} {where}", timeout):
+            with trio.fail_after(timeout):
                 response: aiocoap.Message = await aio_as_trio(
                     _aio_request, loop=self._loop
                 )(context, message)
-        except trio.TooSlowError:
-            raise Lwm2mTimeout(
-                f"no answer from {endpoint!r} to {operation} {where} within "
-                f"{self.settings.request_timeout} s"
-            ) from None
-        except aiocoap.error.Error as exc:
-            reason = str(exc) or type(exc).__name__
-            raise Lwm2mUnreachable(
-                f"{operation} {where} to {endpoint!r} failed: {reason}"
-            ) from exc
-        except asyncio.CancelledError:
-            # aiocoap cancelled it (shutdown), not Trio (STYLE P3).
-            raise Lwm2mUnreachable(
-                f"{operation} {where} to {endpoint!r} was cancelled: the server is "
-                "stopping"
-            ) from None
         code = _dotted(response.code)
         if code != expect:
             raise Lwm2mRequestError(

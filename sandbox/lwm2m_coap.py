@@ -37,18 +37,22 @@ What aiocoap 0.4.17 does that we work around
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import aiocoap
 import aiocoap.error
 import aiocoap.resource
+import trio
 from aiocoap.numbers.codes import Code
 
 from backends.aio import asyncio_error_logger
 from protocols.lwm2m_formats import ContentFormat, Path
+from sandbox.lwm2m_events import Lwm2mTimeout, Lwm2mUnreachable
 from sandbox.lwm2m_registry import Lwm2mRequest
 
 if TYPE_CHECKING:
@@ -211,3 +215,26 @@ class _Lwm2mSite(aiocoap.resource.Resource, aiocoap.resource.PathCapable):
         if reply.diagnostic and not response.code.is_successful():
             response.payload = reply.diagnostic.encode("utf-8")
         return response
+
+
+@contextlib.contextmanager
+def request_errors(endpoint: str, what: str, timeout: float) -> Iterator[None]:
+    """Turn the failure of a request toward a device into the server's errors.
+
+    ``what`` names the request ("GET /3/0/1"); ``timeout`` is the bound the
+    caller put on it with ``trio.fail_after``.
+    """
+    try:
+        yield
+    except trio.TooSlowError:
+        raise Lwm2mTimeout(
+            f"no answer from {endpoint!r} to {what} within {timeout} s"
+        ) from None
+    except aiocoap.error.Error as exc:
+        reason = str(exc) or type(exc).__name__
+        raise Lwm2mUnreachable(f"{what} to {endpoint!r} failed: {reason}") from exc
+    except asyncio.CancelledError:
+        # aiocoap cancelled it (shutdown), not Trio (STYLE P3).
+        raise Lwm2mUnreachable(
+            f"{what} to {endpoint!r} was cancelled: the server is stopping"
+        ) from None

@@ -84,7 +84,6 @@ asyncio-side coroutines and the workarounds.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import deque
@@ -132,6 +131,7 @@ from sandbox.lwm2m_coap import (
     _Lwm2mSite,
     _recognise_dtls_remotes,
     _segments,
+    request_errors,
 )
 from sandbox.lwm2m_events import (
     EventKind,
@@ -922,9 +922,10 @@ class LocalLwm2mServer(BootstrapRole):
             path=str(path),
             size=len(payload),
         )
-        try:
+        timeout = self.settings.request_timeout
+        with request_errors(endpoint, f"{method} {path}", timeout):
             if observe is None:
-                with trio.fail_after(self.settings.request_timeout):
+                with trio.fail_after(timeout):
                     response: aiocoap.Message = await aio_as_trio(
                         _aio_request, loop=self._loop
                     )(context, message)
@@ -933,21 +934,6 @@ class LocalLwm2mServer(BootstrapRole):
                 response = await aio_as_trio(_aio_observe, loop=self._loop)(
                     context, message, observe
                 )
-        except trio.TooSlowError:
-            raise Lwm2mTimeout(
-                f"no response from {endpoint!r} to {method} {path} within "
-                f"{self.settings.request_timeout} s"
-            ) from None
-        except aiocoap.error.Error as exc:
-            reason = str(exc) or type(exc).__name__
-            raise Lwm2mUnreachable(
-                f"{method} {path} to {endpoint!r} failed: {reason}"
-            ) from exc
-        except asyncio.CancelledError:
-            # aiocoap cancelled it (shutdown), not Trio (STYLE P3).
-            raise Lwm2mUnreachable(
-                f"{method} {path} to {endpoint!r} was cancelled: the server is stopping"
-            ) from None
         self._mark_heard(endpoint)
         log.debug(
             "lwm2m_response",
