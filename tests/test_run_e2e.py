@@ -10,13 +10,14 @@ configuration; then SIGINT must stop everything in order with exit code 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,6 +62,31 @@ async def wait_for_event(
         await trio.sleep(0.1)
 
 
+@contextlib.asynccontextmanager
+async def tracker_run(directory: Path, log_file: Path) -> AsyncIterator[trio.Process]:
+    """``python -m tracker run`` in ``directory``, logging to ``log_file``.
+
+    The process is killed on the way out if the test has not stopped it.
+    """
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    with log_file.open("wb") as log:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "tracker", "run"],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            with trio.move_on_after(STOP_TIMEOUT, shield=True):
+                await process.wait()
+
+
 def shipped_config_with_free_ports(directory: Path, *, face: str = "aws") -> Path:
     """tracker.toml as shipped, but for the local cloud's ports = 0.
 
@@ -84,17 +110,7 @@ def shipped_config_with_free_ports(directory: Path, *, face: str = "aws") -> Pat
 async def test_run_with_the_default_config(tmp_path: Path) -> None:
     shipped_config_with_free_ports(tmp_path)
     log_file = tmp_path / "tracker.log"
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log_file.open("wb") as log:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tracker", "run"],
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )
-    try:
+    async with tracker_run(tmp_path, log_file) as process:
         with trio.fail_after(READY_TIMEOUT):
             ready = await wait_for_event(
                 log_file, process, lambda e: e.get("event") == "local_cloud_ready"
@@ -112,11 +128,6 @@ async def test_run_with_the_default_config(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         with trio.fail_after(STOP_TIMEOUT):
             await process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            with trio.move_on_after(STOP_TIMEOUT, shield=True):
-                await process.wait()
 
     events = [event.get("event") for event in read_events(log_file)]
     assert process.returncode == 0, exit_report(log_file, process)
@@ -145,17 +156,7 @@ async def test_run_with_the_lwm2m_face(tmp_path: Path) -> None:
     """The same file with cloud = "lwm2m": register over DTLS, Send, stop."""
     shipped_config_with_free_ports(tmp_path, face="lwm2m")
     log_file = tmp_path / "tracker.log"
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log_file.open("wb") as log:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tracker", "run"],
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )
-    try:
+    async with tracker_run(tmp_path, log_file) as process:
         with trio.fail_after(READY_TIMEOUT):
             ready = await wait_for_event(
                 log_file, process, lambda e: e.get("event") == "local_cloud_ready"
@@ -174,11 +175,6 @@ async def test_run_with_the_lwm2m_face(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         with trio.fail_after(STOP_TIMEOUT):
             await process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            with trio.move_on_after(STOP_TIMEOUT, shield=True):
-                await process.wait()
 
     events = read_events(log_file)
     names = [event.get("event") for event in events]
