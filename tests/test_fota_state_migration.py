@@ -293,14 +293,18 @@ source = directory.parent / "source.bin"
 directory.parent.mkdir(parents=True, exist_ok=True)
 
 def step(op, version=""):
-    print("begin", op, version, file=sys.stderr, flush=True)
+    # One write per line: print() would write its pieces one by one, and a
+    # kill could land between them.
+    sys.stderr.write(f"begin {op} {version}\\n")
+    sys.stderr.flush()
     if op == "stage":
         store.stage(version, source)
     elif op == "activate":
         store.activate_pending()
     else:
         store.confirm()
-    print("end", file=sys.stderr, flush=True)
+    sys.stderr.write("end\\n")
+    sys.stderr.flush()
 
 print("ready", file=sys.stderr, flush=True)
 while True:
@@ -380,7 +384,8 @@ class TestSigkill:
                 assert child.stderr.readline() == b"ready\n"
                 time.sleep(delay)
                 child.send_signal(signal.SIGKILL)
-                lines = child.stderr.read().decode().splitlines()
+                # A kill can cut the last line short: only whole lines count.
+                lines = child.stderr.read().decode().split("\n")[:-1]
             assert child.returncode == -signal.SIGKILL
 
             in_flight: Model | None = None
