@@ -221,10 +221,19 @@ def check(config_path: Path | None) -> None:
         click.echo(f"tracker: {exc}", err=True)
         sys.exit(ExitCode.CONFIG)
     source = config.source or "built-in defaults"
+    cloud = config.cloud
+    service = cloud.service
+    if service == "local":
+        service = f"local, {cloud.local.cloud}"
+    identity = (
+        f"endpoint {config.lwm2m_endpoint}"
+        if cloud.speaks_lwm2m
+        else f"client id {config.client_id}"
+    )
     click.echo(
-        f"{source}: ok (cloud {config.cloud.service}, client id {config.client_id}, "
-        f"{config.cloud.connect_retries} retries over "
-        f"{len(config.cloud.backoff_table)} backoff steps)"
+        f"{source}: ok (cloud {service}, {identity}, "
+        f"{cloud.connect_retries} retries over "
+        f"{len(cloud.backoff_table)} backoff steps)"
     )
 
 

@@ -579,6 +579,13 @@ class CloudConfig:
     simulated: SimulatedCloudConfig = attrs.Factory(SimulatedCloudConfig)
 
     @property
+    def speaks_lwm2m(self) -> bool:
+        """Whether the device talks LwM2M (to a server, or the local one)."""
+        return self.service == "lwm2m" or (
+            self.service == "local" and self.local.cloud == "lwm2m"
+        )
+
+    @property
     def backoff_table(self) -> tuple[int, ...]:
         """The reconnection delays in seconds, indexed by the retry counter."""
         if isinstance(self.backoff, str):
@@ -617,11 +624,8 @@ class CloudConfig:
             case "nrf_cloud":
                 _require(("nrf_cloud", "host"), self.nrf_cloud.host, needs)
                 _require_credentials("nrf_cloud", self.nrf_cloud, needs)
-        speaks_lwm2m = self.service == "lwm2m" or (
-            self.service == "local" and self.local.cloud == "lwm2m"
-        )
         shortest = min(self.backoff_table)
-        if speaks_lwm2m and self.lwm2m.handshake_timeout >= shortest:
+        if self.speaks_lwm2m and self.lwm2m.handshake_timeout >= shortest:
             # A connection attempt is refused while a handshake still runs,
             # so a retry due before the handshake gives up would be lost.
             raise _Invalid(
