@@ -116,7 +116,12 @@ from protocols.lwm2m_formats import (
     encode,
     encode_senml_cbor,
 )
-from protocols.lwm2m_objects import LwM2MError, ObjectStore
+from protocols.lwm2m_objects import (
+    SECURITY_MODE_NOSEC,
+    SECURITY_MODE_PSK,
+    LwM2MError,
+    ObjectStore,
+)
 from state.firmware import FirmwareStore
 
 if TYPE_CHECKING:
@@ -144,10 +149,6 @@ STOP_GRACE: Final = DEREGISTER_TIMEOUT + 5.0
 # The LwM2M version and binding the client registers with.
 LWM2M_VERSION: Final = "1.1"
 BINDING: Final = "U"
-# Security object /0/0/2 security mode: pre-shared key.
-SECURITY_MODE_PSK: Final = 0
-# Security object /0/0/2 security mode: no security (coap://).
-SECURITY_MODE_NOSEC: Final = 3
 # Short server id of the one LwM2M server (/0/0/10, /1/0/0).
 SHORT_SERVER_ID: Final = 1
 # The Reboot execute argument the Firmware Update object passes (its own

@@ -78,7 +78,12 @@ from backends.aws_fota import (
 )
 from protocols import wrapper as wrap
 from protocols.lwm2m_formats import Record
-from protocols.lwm2m_objects import BadRequest, MethodNotAllowed, ObjectStore
+from protocols.lwm2m_objects import (
+    FIRMWARE_UPDATE,
+    BadRequest,
+    MethodNotAllowed,
+    ObjectStore,
+)
 from state.firmware import LEGACY_STATUS_FILES, FirmwareStore, FirmwareStoreError
 
 log = structlog.get_logger(actor="lwm2m_fota")
@@ -86,7 +91,7 @@ log = structlog.get_logger(actor="lwm2m_fota")
 Emit = Callable[[wrap.WrapperEvent], None]
 
 # The Firmware Update object and its single instance.
-OBJECT_ID: Final = 5
+OBJECT_ID: Final = FIRMWARE_UPDATE.id
 INSTANCE: Final = 0
 
 # Resource ids of object 5 (OMA LwM2M 1.1, appendix E.6).

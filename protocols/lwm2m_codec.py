@@ -40,6 +40,7 @@ from typing import Any, Final
 import attrs
 import structlog
 
+from protocols import lwm2m_objects as defs
 from protocols.base import Payload
 from protocols.cloud import CloudLocation
 from protocols.codec import (
@@ -81,21 +82,21 @@ from protocols.peripherals import (
 
 log = structlog.get_logger(actor="lwm2m_codec")
 
-# Object ids (lwm2m_codec_defines.h).
-SECURITY: Final = 0
-SERVER: Final = 1
-DEVICE: Final = 3
-CONNMON: Final = 4
-FIRMWARE: Final = 5
-LOCATION: Final = 6
-TEMPERATURE: Final = 3303
-HUMIDITY: Final = 3304
-PRESSURE: Final = 3323
-PUSH_BUTTON: Final = 3347
-ECID: Final = 10256
-GNSS_ASSISTANCE: Final = 33625
-GROUND_FIX: Final = 33626
-CONFIGURATION: Final = 50009
+# Object ids (lwm2m_codec_defines.h), from their definitions.
+SECURITY: Final = defs.SECURITY.id
+SERVER: Final = defs.SERVER.id
+DEVICE: Final = defs.DEVICE.id
+CONNMON: Final = defs.CONNECTIVITY_MONITORING.id
+FIRMWARE: Final = defs.FIRMWARE_UPDATE.id
+LOCATION: Final = defs.LOCATION.id
+TEMPERATURE: Final = defs.TEMPERATURE.id
+HUMIDITY: Final = defs.HUMIDITY.id
+PRESSURE: Final = defs.PRESSURE.id
+PUSH_BUTTON: Final = defs.PUSH_BUTTON.id
+ECID: Final = defs.ECID_SIGNAL_MEASUREMENT.id
+GNSS_ASSISTANCE: Final = defs.GNSS_ASSISTANCE.id
+GROUND_FIX: Final = defs.GROUND_FIX.id
+CONFIGURATION: Final = defs.CONFIGURATION.id
 
 # CONFIG_CLOUD_CODEC_MANUFACTURER.
 MANUFACTURER: Final = "Nordic Semiconductor ASA"

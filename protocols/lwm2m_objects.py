@@ -203,6 +203,9 @@ _R = ResourceDef
 
 # Short Server IDs are 1..65534 (65535 is reserved).
 SHORT_SERVER_ID_RANGE: Final = Range(1, 65534)
+# Security Mode (/0/x/2) of an account: pre-shared key, or no security.
+SECURITY_MODE_PSK: Final = 0
+SECURITY_MODE_NOSEC: Final = 3
 
 # OMA object 0 (LwM2M 1.1): server URIs and credentials; bootstrap only.
 SECURITY: Final = _obj(

@@ -61,6 +61,13 @@ import trio
 from aiocoap.numbers.codes import Code
 
 from protocols.lwm2m_formats import ContentFormat, FormatError, Path, Record
+from protocols.lwm2m_objects import (
+    SECURITY,
+    SECURITY_MODE_NOSEC,
+    SECURITY_MODE_PSK,
+    SERVER,
+    SHORT_SERVER_ID_RANGE,
+)
 from sandbox.lwm2m_coap import _aio_request, _diagnostic, _dotted, request_errors
 from sandbox.lwm2m_events import (
     EventKind,
@@ -93,19 +100,13 @@ log = structlog.get_logger(actor="sandbox.lwm2m")
 BOOTSTRAP_PATH: Final = "bs"
 """The path of the Bootstrap-Request (client) and Bootstrap-Finish (server)."""
 
-SECURITY_OBJECT: Final = 0
+SECURITY_OBJECT: Final = SECURITY.id
 """The LwM2M Security object (server URIs and credentials)."""
 
-SERVER_OBJECT: Final = 1
+SERVER_OBJECT: Final = SERVER.id
 """The LwM2M Server object (short server id, lifetime, binding)."""
 
-SECURITY_MODE_PSK: Final = 0
-"""Security Mode (``/0/x/2``) of a ``coaps`` account: pre-shared key."""
-
-SECURITY_MODE_NOSEC: Final = 3
-"""Security Mode (``/0/x/2``) of a ``coap`` account: no security."""
-
-SHORT_SERVER_ID_MAX: Final = 65534
+SHORT_SERVER_ID_MAX: Final = int(SHORT_SERVER_ID_RANGE.max or 0)
 """The largest Short Server ID (1 to 65534; 0 and 65535 are reserved)."""
 
 MAX_INSTANCE_ID: Final = 65534
