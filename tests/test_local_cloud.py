@@ -23,13 +23,34 @@ from protocols.lwm2m_formats import Path as LwPath
 from protocols.lwm2m_formats import Record
 from sandbox.certs import InvalidClientId, LocalPki
 from sandbox.local_cloud import LocalCloud, LocalCloudEndpoints
-from tracker.config import ConfigError, default_config, parse_config
+from tracker.config import Config, ConfigError, default_config, parse_config
 from tracker.service import ExitCode, Service
 
 IMEI = "352656100000010"
 # A seed whose first GNSS search ends after about 9 s (the default seed's
 # takes 35 s), so the first data sample arrives soon.
 QUICK_FIX_SEED = 14
+
+
+def local_test_config(tmp_path: Path, extra: str = "", *, face: str = "aws") -> Config:
+    """The local cloud on free ports, a quick modem, state in ``tmp_path``.
+
+    ``extra`` adds tables; ``face`` is ``[cloud.local] cloud``.
+    """
+    return parse_config(
+        f"""
+[cloud.local]
+cloud = "{face}"
+mqtt_port = 0
+http_port = 0
+lwm2m_port = 0
+coap_port = 0
+[modem]
+attach_delay = 0.1
+[state]
+directory = "{tmp_path / "state"}"
+{extra}"""
+    )
 
 
 async def wait_until(predicate: Callable[[], bool], poll: float = 0.05) -> None:
@@ -219,21 +240,7 @@ class TestConfig:
 class TestDeviceOnLocalCloud:
     async def test_device_data_reaches_the_shadow(self, tmp_path: Path) -> None:
         """tracker.service with service = "local": boot, connect, report data."""
-        config = parse_config(
-            f"""
-[cloud.local]
-mqtt_port = 0
-http_port = 0
-lwm2m_port = 0
-coap_port = 0
-[modem]
-attach_delay = 0.1
-[sources]
-seed = {QUICK_FIX_SEED}
-[state]
-directory = "{tmp_path / "state"}"
-"""
-        )
+        config = local_test_config(tmp_path, f"[sources]\nseed = {QUICK_FIX_SEED}\n")
         service = Service(config)
 
         def reported() -> dict[str, Any]:
@@ -303,21 +310,7 @@ directory = "{tmp_path / "state"}"
     ) -> None:
         """A job and an HTTPS download from the local cloud; it outlives the reboot."""
         image = bytes(range(256)) * 40
-        config = parse_config(
-            f"""
-[cloud.local]
-mqtt_port = 0
-http_port = 0
-lwm2m_port = 0
-coap_port = 0
-[modem]
-attach_delay = 0.1
-[util]
-ack_reboot_delay = 1
-[state]
-directory = "{tmp_path / "state"}"
-"""
-        )
+        config = local_test_config(tmp_path, "[util]\nack_reboot_delay = 1\n")
         service = Service(config)
 
         def connected() -> bool:
@@ -372,21 +365,8 @@ class TestLocalLwm2m:
         self, tmp_path: Path
     ) -> None:
         """Register over DTLS, Send data, take a config write, de-register."""
-        config = parse_config(
-            f"""
-[cloud.local]
-cloud = "lwm2m"
-mqtt_port = 0
-http_port = 0
-lwm2m_port = 0
-coap_port = 0
-[modem]
-attach_delay = 0.1
-[sources]
-seed = {QUICK_FIX_SEED}
-[state]
-directory = "{tmp_path / "state"}"
-"""
+        config = local_test_config(
+            tmp_path, f"[sources]\nseed = {QUICK_FIX_SEED}\n", face="lwm2m"
         )
         endpoint = f"urn:imei:{IMEI}"
         service = Service(config)
@@ -435,21 +415,8 @@ directory = "{tmp_path / "state"}"
         self, tmp_path: Path
     ) -> None:
         """bootstrap = true: the account comes from /bs, then registration."""
-        config = parse_config(
-            f"""
-[cloud.local]
-cloud = "lwm2m"
-mqtt_port = 0
-http_port = 0
-lwm2m_port = 0
-coap_port = 0
-[cloud.lwm2m]
-bootstrap = true
-[modem]
-attach_delay = 0.1
-[state]
-directory = "{tmp_path / "state"}"
-"""
+        config = local_test_config(
+            tmp_path, "[cloud.lwm2m]\nbootstrap = true\n", face="lwm2m"
         )
         endpoint = f"urn:imei:{IMEI}"
         service = Service(config)
