@@ -59,6 +59,12 @@ import trio
 
 from backends.coap_transport import CoapSession, CoapSettings
 from backends.lwm2m import Lwm2mBackend, lwm2m_backend
+from bench.results import (
+    RunResult,
+    latency_quantile,
+    median_throughput,
+    paired_ratio,
+)
 from protocols import wrapper as wrap
 from protocols.base import Payload
 from protocols.json_data import Battery
@@ -132,23 +138,6 @@ Runs: TypeAlias = list[tuple[int, int]]
 # Results
 
 
-@attrs.frozen
-class RunResult:
-    """One counted run of one path."""
-
-    messages: int
-    window: int
-    seconds: float
-    latencies: list[float]
-    # CPU seconds spent during the run by this process and by the server.
-    cpu_client: float = 0.0
-    cpu_server: float = 0.0
-
-    @property
-    def throughput(self) -> float:
-        return self.messages / self.seconds
-
-
 @attrs.define
 class PathResults:
     """Every round of one path over one transport."""
@@ -161,19 +150,15 @@ class PathResults:
 
     @property
     def throughput(self) -> float:
-        return statistics.median(run.throughput for run in self.loaded)
+        return median_throughput(self.loaded)
 
     def ratio_to(self, baseline: PathResults) -> float:
         """Median over rounds of this path's throughput / the baseline's."""
-        pairs = zip(self.loaded, baseline.loaded, strict=True)
-        return statistics.median(a.throughput / b.throughput for a, b in pairs)
+        return paired_ratio(self.loaded, baseline.loaded)
 
     def latency(self, quantile: float, serial: bool) -> float:
         """The latency quantile over the loaded (or the serial) runs."""
-        runs = self.serial if serial else self.loaded
-        samples = sorted(x for run in runs for x in run.latencies)
-        index = max(0, min(len(samples) - 1, round(quantile * len(samples)) - 1))
-        return samples[index]
+        return latency_quantile(self.serial if serial else self.loaded, quantile)
 
     def cpu_per_message(self) -> tuple[float, float]:
         """Median (client, server) CPU seconds per message, loaded runs."""

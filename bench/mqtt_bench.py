@@ -42,7 +42,6 @@ import asyncio
 import os
 import shutil
 import ssl
-import statistics
 import sys
 import tempfile
 import time
@@ -62,6 +61,12 @@ from actors.cloud import CloudActor
 from actors.runtime import Bus
 from backends.aws import AwsIotBackend
 from backends.mqtt_transport import MqttPubAck, MqttSettings, open_mqtt_session
+from bench.results import (
+    RunResult,
+    latency_quantile,
+    median_throughput,
+    paired_ratio,
+)
 from protocols.base import Payload
 from protocols.data import DataSendBatch
 from protocols.modem import ModemInitialized, ModemLteConnected
@@ -94,20 +99,6 @@ BACKOFF_TABLE: Final = (10,) * 12
 # Results
 
 
-@attrs.frozen
-class RunResult:
-    """One counted run of one path."""
-
-    messages: int
-    window: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def throughput(self) -> float:
-        return self.messages / self.seconds
-
-
 @attrs.define
 class PathResults:
     """Every round of one path."""
@@ -122,25 +113,16 @@ class PathResults:
 
     @property
     def throughput(self) -> float:
-        return statistics.median(run.throughput for run in self.loaded)
+        return median_throughput(self.loaded)
 
     def ratio_to(self, baseline: PathResults) -> float:
-        """Median over rounds of this path's throughput / the baseline's.
-
-        Paired by round: the paths of one round run back to back, so a
-        slow spell of the machine hits both sides of a ratio alike.
-        """
-        pairs = zip(self.loaded, baseline.loaded, strict=True)
-        ratios = [mine.throughput / base.throughput for mine, base in pairs]
-        return statistics.median(ratios)
+        """Median over rounds of this path's throughput / the baseline's."""
+        return paired_ratio(self.loaded, baseline.loaded)
 
     def latency(self, quantile: float, window: int = WINDOW) -> float:
         """The latency quantile over the runs with this window."""
-        samples = sorted(
-            x for run in self.runs if run.window == window for x in run.latencies
-        )
-        index = max(0, min(len(samples) - 1, round(quantile * len(samples)) - 1))
-        return samples[index]
+        runs = [run for run in self.runs if run.window == window]
+        return latency_quantile(runs, quantile)
 
 
 def payload_for(seq: int, size: int) -> bytes:
